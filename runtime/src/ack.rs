@@ -1,0 +1,201 @@
+//! From outcomes to acks: the delivery status of each message decides what
+//! happens to it, and nothing is acked on read.
+//!
+//! - Delivered (every record accepted by its sink, or none produced) -> XACK.
+//! - Dropped (the plugin asked) -> XACK, counted.
+//! - Errored (retry) -> left pending; redelivered later.
+//! - Rejected (dead-letter asked, or the last allowed delivery failed) ->
+//!   XADD to the dead-letter stream, then XACK.
+
+use crate::message::{Failure, FailureClass, FailureKind, Message, Outcome, Record};
+use crate::sink::Sinks;
+
+/// What became of one message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Status {
+    /// All its records were written (or it produced none).
+    Delivered,
+    /// Discarded on the plugin's request.
+    Dropped(Failure),
+    /// Failed; stays pending for another delivery.
+    Errored(Failure),
+    /// Goes to the dead-letter stream.
+    Rejected(Failure),
+}
+
+/// Routes and writes the records of `outcomes` (one per message of `batch`)
+/// and returns each message's status. Writes go out per sink in one
+/// pipelined round trip, in batch order.
+pub async fn deliver(
+    batch: &[Message],
+    outcomes: Vec<Outcome>,
+    sinks: &Sinks,
+    max_deliveries: u32,
+) -> Vec<Status> {
+    let mut failures: Vec<Option<Failure>> = vec![None; batch.len()];
+    let mut dropped: Vec<Option<Failure>> = vec![None; batch.len()];
+    // Per sink: (message index, record).
+    let mut per_sink: Vec<Vec<(usize, Record)>> = vec![Vec::new(); sinks.sinks.len()];
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        match outcome {
+            Err(f) if f.kind == FailureKind::Drop => dropped[i] = Some(f),
+            Err(f) => failures[i] = Some(f),
+            Ok(records) => {
+                let mut routed = Vec::with_capacity(records.len());
+                for record in records {
+                    match sinks.route(record.to.as_deref()) {
+                        Ok(targets) => routed.extend(targets.map(|t| (t, record.clone()))),
+                        Err(why) => {
+                            failures[i] = Some(Failure::retry(FailureClass::Route, why));
+                            break;
+                        }
+                    }
+                }
+                if failures[i].is_none() {
+                    for (t, record) in routed {
+                        per_sink[t].push((i, record));
+                    }
+                }
+            }
+        }
+    }
+    // Sinks are independent: write to all at once; within a sink, in batch order.
+    let writes = per_sink
+        .iter()
+        .zip(&sinks.sinks)
+        .map(|(items, sink)| async move {
+            let records: Vec<&Record> = items.iter().map(|(_, r)| r).collect();
+            if records.is_empty() {
+                Vec::new()
+            } else {
+                sink.write(&records).await
+            }
+        });
+    let results = futures::future::join_all(writes).await;
+    for ((items, results), name) in per_sink.iter().zip(results).zip(&sinks.names) {
+        for ((i, _), result) in items.iter().zip(results) {
+            if let Err(why) = result
+                && failures[*i].is_none()
+            {
+                failures[*i] = Some(Failure::retry(
+                    FailureClass::Sink,
+                    format!("sink `{name}`: {why}"),
+                ));
+            }
+        }
+    }
+    batch
+        .iter()
+        .zip(failures.into_iter().zip(dropped))
+        .map(|(msg, (failure, dropped))| match (failure, dropped) {
+            (Some(f), _) => classify(msg, f, max_deliveries),
+            (None, Some(d)) => Status::Dropped(d),
+            (None, None) => Status::Delivered,
+        })
+        .collect()
+}
+
+/// A failure becomes a dead letter when the plugin asks, or when this was
+/// the last delivery `max_deliveries` allows; otherwise it is retried.
+pub fn classify(msg: &Message, f: Failure, max_deliveries: u32) -> Status {
+    match f.kind {
+        FailureKind::DeadLetter => Status::Rejected(f),
+        FailureKind::Drop => Status::Dropped(f),
+        FailureKind::Retry if msg.deliveries >= max_deliveries => Status::Rejected(Failure {
+            reason: format!(
+                "failed on delivery {} of max_deliveries = {max_deliveries}: {}",
+                msg.deliveries, f.reason
+            ),
+            ..f
+        }),
+        FailureKind::Retry => Status::Errored(f),
+    }
+}
+
+/// The fields of a dead-letter entry: what happened (prefixed `sluice.`),
+/// then the original fields unchanged, so a replay can restore them.
+pub fn dead_letter_fields(
+    msg: &Message,
+    failure: &Failure,
+    group: &str,
+    pipeline: &str,
+) -> Vec<(String, Vec<u8>)> {
+    let mut fields: Vec<(String, Vec<u8>)> = vec![
+        ("sluice.stream".into(), msg.source.as_bytes().to_vec()),
+        ("sluice.id".into(), msg.id.as_bytes().to_vec()),
+        ("sluice.group".into(), group.as_bytes().to_vec()),
+        ("sluice.pipeline".into(), pipeline.as_bytes().to_vec()),
+        (
+            "sluice.deliveries".into(),
+            msg.deliveries.to_string().into_bytes(),
+        ),
+        (
+            "sluice.error_class".into(),
+            failure.class.as_str().as_bytes().to_vec(),
+        ),
+        ("sluice.error".into(), failure.reason.as_bytes().to_vec()),
+    ];
+    if let Some(hash) = &failure.plugin {
+        fields.push(("sluice.plugin".into(), hash.as_bytes().to_vec()));
+    }
+    fields.extend(msg.fields.iter().cloned());
+    fields
+}
+
+/// Prefix of the fields a dead-letter entry adds.
+pub const DEAD_LETTER_PREFIX: &str = "sluice.";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn msg(deliveries: u32) -> Message {
+        Message {
+            id: "1-0".into(),
+            source: Arc::from("s"),
+            fields: vec![("a".into(), b"1".to_vec())],
+            deliveries,
+            first_delivery_ms: 1,
+        }
+    }
+
+    #[test]
+    fn last_allowed_delivery_dead_letters() {
+        let f = Failure::retry(FailureClass::Plugin, "boom");
+        assert!(matches!(
+            classify(&msg(1), f.clone(), 3),
+            Status::Errored(_)
+        ));
+        let Status::Rejected(r) = classify(&msg(3), f, 3) else {
+            panic!("expected a dead letter")
+        };
+        assert!(
+            r.reason.contains("delivery 3 of max_deliveries = 3: boom"),
+            "{}",
+            r.reason
+        );
+    }
+
+    #[test]
+    fn dead_letter_keeps_original_fields_after_metadata() {
+        let f = Failure {
+            plugin: Some(Arc::from("abc")),
+            ..Failure::retry(FailureClass::Trap, "x")
+        };
+        let fields = dead_letter_fields(&msg(2), &f, "g", "p");
+        assert_eq!(fields.last().unwrap(), &("a".to_string(), b"1".to_vec()));
+        assert!(
+            fields
+                .iter()
+                .any(|(k, v)| k == "sluice.plugin" && v == b"abc")
+        );
+        assert!(
+            fields
+                .iter()
+                .filter(|(k, _)| !k.starts_with(DEAD_LETTER_PREFIX))
+                .count()
+                == 1
+        );
+    }
+}

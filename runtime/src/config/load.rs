@@ -1,0 +1,512 @@
+//! Parse and validate pipeline files; errors that point at the line.
+
+use super::{
+    Pipeline, PipelineFile, ProcessorConfig, SinkConfig, SinkType, SourceConfig, SourceType,
+};
+use std::collections::HashSet;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+/// A problem in a pipeline file, located so an editor can jump to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, as given on the command line.
+    pub file: PathBuf,
+    /// 1-based line and column of the key (or of its table when the key is missing).
+    pub line: usize,
+    /// 1-based column.
+    pub col: usize,
+    /// Key path such as `source.batch` or `sink[1].name`; empty for the whole file.
+    pub key: String,
+    /// What is wrong, then what would be valid.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.col)?;
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Pipeline files named by `paths`: files as they are, folders by their `*.toml`
+/// (not recursive), sorted so runs are repeatable.
+pub fn pipeline_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(path)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else if path.exists() {
+            files.push(path.clone());
+        } else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{}: no such file or folder", path.display()),
+            ));
+        }
+    }
+    Ok(files)
+}
+
+/// Reads, parses and validates one pipeline file. `check_plugin` is asked
+/// about every plugin file that exists (the runtime compiles it); its error
+/// text is reported at that processor's `plugin` key.
+pub fn load_file(
+    file: &Path,
+    check_plugin: &dyn Fn(&Path) -> Result<(), String>,
+) -> Result<Pipeline, Vec<ConfigError>> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        vec![ConfigError {
+            file: file.to_path_buf(),
+            line: 1,
+            col: 1,
+            key: String::new(),
+            message: format!("cannot read the file: {e}"),
+        }]
+    })?;
+    load_str(file, &text, check_plugin)
+}
+
+/// [`load_file`] for text already read.
+pub fn load_str(
+    file: &Path,
+    text: &str,
+    check_plugin: &dyn Fn(&Path) -> Result<(), String>,
+) -> Result<Pipeline, Vec<ConfigError>> {
+    let doc = Doc { file, text };
+    let table = DeTable::parse(text).map_err(|e| vec![doc.toml_error(&e, String::new())])?;
+    let de = toml::de::Deserializer::from(table.clone());
+    let parsed: PipelineFile = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." { String::new() } else { key };
+        vec![doc.toml_error(e.inner(), key)]
+    })?;
+    let mut errors = Errors {
+        doc,
+        table: &table,
+        list: Vec::new(),
+    };
+    let pipeline = validate(parsed, &mut errors, check_plugin);
+    if errors.list.is_empty() {
+        Ok(pipeline)
+    } else {
+        Err(errors.list)
+    }
+}
+
+struct Doc<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Doc<'_> {
+    fn at(&self, span: Range<usize>, key: String, message: String) -> ConfigError {
+        let before = &self.text[..span.start.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            col,
+            key,
+            message,
+        }
+    }
+
+    fn toml_error(&self, e: &toml::de::Error, key: String) -> ConfigError {
+        let message = explain(e.message().trim());
+        self.at(e.span().unwrap_or(0..0), key, message)
+    }
+}
+
+/// Makes serde's wording say what would be valid, and suggests the nearest
+/// key for a typo.
+fn explain(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("unknown field `")
+        && let Some((unknown, expected)) = rest.split_once('`')
+    {
+        let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        let nearest = candidates
+            .iter()
+            .map(|c| (edit_distance(unknown, c), *c))
+            .filter(|(d, _)| *d <= 2)
+            .min();
+        let valid = candidates
+            .iter()
+            .map(|c| format!("`{c}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return match nearest {
+            Some((_, c)) => {
+                format!("unknown key `{unknown}`; did you mean `{c}`? valid keys here: {valid}")
+            }
+            None => format!("unknown key `{unknown}`; valid keys here: {valid}"),
+        };
+    }
+    if let Some(rest) = message.strip_prefix("missing field `")
+        && let Some(name) = rest.strip_suffix('`')
+    {
+        return format!("missing required key `{name}`");
+    }
+    message
+        .replace("unknown variant", "unknown value")
+        .replace("invalid type: ", "wrong type: ")
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// Collects semantic errors, locating each key in the parsed document.
+struct Errors<'a> {
+    doc: Doc<'a>,
+    table: &'a Spanned<DeTable<'a>>,
+    list: Vec<ConfigError>,
+}
+
+/// One step of a key path.
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+impl Errors<'_> {
+    /// Records an error at `path` (the deepest part of it that exists in the file).
+    fn add(&mut self, path: &[Seg], message: impl Into<String>) {
+        let span = self.locate(path);
+        let key = path.iter().fold(String::new(), |mut acc, seg| {
+            match seg {
+                Seg::Key(k) if acc.is_empty() => acc.push_str(k),
+                Seg::Key(k) => {
+                    acc.push('.');
+                    acc.push_str(k);
+                }
+                Seg::Index(i) => acc.push_str(&format!("[{i}]")),
+            }
+            acc
+        });
+        let err = self.doc.at(span, key, message.into());
+        self.list.push(err);
+    }
+
+    fn locate(&self, path: &[Seg]) -> Range<usize> {
+        let mut span = 0..0;
+        let mut value: Option<&DeValue> = None;
+        let mut table: Option<&DeTable> = Some(self.table.get_ref());
+        for seg in path {
+            let next = match (seg, table, value) {
+                (Seg::Key(k), Some(t), _) => {
+                    t.iter()
+                        .find(|(name, _)| name.get_ref() == k)
+                        .map(|(name, v)| {
+                            span = name.span();
+                            v
+                        })
+                }
+                (Seg::Index(i), _, Some(DeValue::Array(items))) => {
+                    items.get(*i).inspect(|v| span = v.span())
+                }
+                _ => None,
+            };
+            let Some(next) = next else { break };
+            value = Some(next.get_ref());
+            table = next.get_ref().as_table();
+        }
+        span
+    }
+}
+
+fn validate(
+    file: PipelineFile,
+    errors: &mut Errors,
+    check_plugin: &dyn Fn(&Path) -> Result<(), String>,
+) -> Pipeline {
+    let path = errors.doc.file;
+    let name = file.name.clone().unwrap_or_else(|| {
+        path.file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
+    if !valid_name(&name) {
+        errors.add(
+            &[Seg::Key("name")],
+            format!(
+                "`{name}` is not a usable pipeline name; use letters, digits, `-`, `_`, `.` or `:`"
+            ),
+        );
+    }
+    let source = validate_source(file.source, &name, errors);
+    let base = path.parent().unwrap_or(Path::new("."));
+    let processors = file
+        .processors
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| validate_processor(i, p, base, errors, check_plugin))
+        .collect();
+    let sinks = validate_sinks(file.sinks, errors);
+    if file.atomic {
+        let same_redis = sinks
+            .iter()
+            .all(|s| s.url.is_none() || s.url == file.redis.url);
+        let all_streams = sinks.iter().all(|s| s.kind == SinkType::Stream);
+        if source.kind != SourceType::Stream || !all_streams || !same_redis {
+            errors.add(
+                &[Seg::Key("atomic")],
+                "`atomic = true` needs a stream source and only stream sinks on the pipeline's own Redis \
+                 (one MULTI/EXEC cannot span other sink types or servers); remove it or the other sinks",
+            );
+        }
+    }
+    Pipeline {
+        name,
+        file: path.to_path_buf(),
+        redis_url: file.redis.url,
+        source,
+        processors,
+        sinks,
+        atomic: file.atomic,
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+}
+
+fn validate_source(mut s: SourceConfig, name: &str, errors: &mut Errors) -> SourceConfig {
+    let key = |k| [Seg::Key("source"), Seg::Key(k)];
+    match s.kind {
+        SourceType::Stream => {
+            match s.stream.as_deref() {
+                None | Some("") => errors.add(
+                    &key("stream"),
+                    "a stream source needs `stream`, the key to read (e.g. stream = \"orders\")",
+                ),
+                Some(stream) => {
+                    if s.dead_letter.is_none() {
+                        s.dead_letter = Some(format!("{stream}:dead"));
+                    }
+                }
+            }
+            for (k, set) in [
+                ("channels", s.channels.is_some()),
+                ("patterns", s.patterns.is_some()),
+                ("list", s.list.is_some()),
+            ] {
+                if set {
+                    errors.add(&key(k), format!("`{k}` is not a key of a stream source; it belongs to type = \"pubsub\" or \"list\""));
+                }
+            }
+        }
+        SourceType::Pubsub | SourceType::List => {
+            errors.add(
+                &key("type"),
+                "this version of sluice reads only type = \"stream\"; pubsub and list sources are not available yet",
+            );
+        }
+    }
+    if s.group.is_none() {
+        s.group = Some(name.to_string());
+    }
+    if s.consumers == 0 || s.consumers > 1024 {
+        errors.add(
+            &key("consumers"),
+            format!("{} consumers; valid: 1 to 1024", s.consumers),
+        );
+    }
+    if s.batch == 0 || s.batch > 100_000 {
+        errors.add(
+            &key("batch"),
+            format!("batch {}; valid: 1 to 100000", s.batch),
+        );
+    }
+    if s.max_deliveries == 0 {
+        errors.add(&key("max_deliveries"), "0 deliveries; valid: 1 or more");
+    }
+    if s.claim_idle_ms < 100 {
+        errors.add(
+            &key("claim_idle_ms"),
+            format!("{} ms; valid: 100 or more", s.claim_idle_ms),
+        );
+    }
+    if !(s.start == "$" || s.start == "0" || is_stream_id(&s.start)) {
+        errors.add(
+            &key("start"),
+            format!("`{}` is not a start position; valid: \"$\" (new entries), \"0\" (whole stream) or an entry id like \"1700000000000-0\"", s.start),
+        );
+    }
+    s
+}
+
+fn is_stream_id(id: &str) -> bool {
+    let mut parts = id.splitn(2, '-');
+    let ms = parts.next().unwrap_or_default();
+    let seq = parts.next();
+    !ms.is_empty()
+        && ms.bytes().all(|b| b.is_ascii_digit())
+        && seq.is_none_or(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn validate_processor(
+    i: usize,
+    mut p: ProcessorConfig,
+    base: &Path,
+    errors: &mut Errors,
+    check_plugin: &dyn Fn(&Path) -> Result<(), String>,
+) -> ProcessorConfig {
+    let key = |k| [Seg::Key("processor"), Seg::Index(i), Seg::Key(k)];
+    if p.plugin.is_relative() {
+        p.plugin = base.join(&p.plugin);
+    }
+    if !p.plugin.is_file() {
+        errors.add(
+            &key("plugin"),
+            format!(
+                "plugin file {} not found; give the path to a .wasm file, relative to this pipeline file's folder",
+                p.plugin.display()
+            ),
+        );
+    } else if let Err(why) = check_plugin(&p.plugin) {
+        errors.add(
+            &key("plugin"),
+            format!("{} is not a usable plugin: {why}", p.plugin.display()),
+        );
+    }
+    if p.timeout_ms == 0 {
+        errors.add(&key("timeout_ms"), "0 ms; valid: 1 or more");
+    }
+    if p.memory_mb == 0 || p.memory_mb > 4096 {
+        errors.add(
+            &key("memory_mb"),
+            format!("{} MiB; valid: 1 to 4096", p.memory_mb),
+        );
+    }
+    for (k, v) in &p.config {
+        if matches!(v, toml::Value::Table(_) | toml::Value::Array(_)) {
+            errors.add(
+                &[
+                    Seg::Key("processor"),
+                    Seg::Index(i),
+                    Seg::Key("config"),
+                    Seg::Key(k),
+                ],
+                "plugin config values must be strings, numbers or booleans",
+            );
+        }
+    }
+    p
+}
+
+fn validate_sinks(sinks: Vec<SinkConfig>, errors: &mut Errors) -> Vec<SinkConfig> {
+    if sinks.is_empty() {
+        errors.add(&[], "no [[sink]]; a pipeline needs at least one, e.g. [[sink]] type = \"stream\" stream = \"out\"");
+    }
+    let mut seen = HashSet::new();
+    sinks
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut s)| {
+            let key = |k| [Seg::Key("sink"), Seg::Index(i), Seg::Key(k)];
+            let name = s.name.clone().unwrap_or_else(|| if i == 0 { "out".into() } else { String::new() });
+            if name.is_empty() {
+                errors.add(&key("name"), "every sink after the first needs a `name` (records pick a sink with `to`)");
+            } else if !seen.insert(name.clone()) {
+                errors.add(&key("name"), format!("a sink named `{name}` is already declared; sink names must be unique"));
+            }
+            s.name = Some(name);
+            match s.kind {
+                SinkType::Stream => {
+                    if s.stream.as_deref().is_none_or(str::is_empty) {
+                        errors.add(&key("stream"), "a stream sink needs `stream`, the key to write to");
+                    }
+                }
+                SinkType::Pubsub | SinkType::List | SinkType::Stdout | SinkType::File => {
+                    errors.add(
+                        &key("type"),
+                        "this version of sluice writes only type = \"stream\" sinks; pubsub, list, stdout and file are not available yet",
+                    );
+                }
+            }
+            if let Some(route) = s.route.as_deref()
+                && route != "all"
+            {
+                errors.add(
+                    &key("route"),
+                    format!("unknown route `{route}`; valid: \"all\" (every record goes here too), or leave it out (records whose `to` names this sink)"),
+                );
+            }
+            s
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Pipeline, Vec<ConfigError>> {
+        load_str(Path::new("p.toml"), text, &|_| Ok(()))
+    }
+
+    const MINIMAL: &str = "[source]\ntype = \"stream\"\nstream = \"in\"\n\n[[sink]]\ntype = \"stream\"\nstream = \"out\"\n";
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let p = load(MINIMAL).unwrap();
+        assert_eq!(p.name, "p");
+        assert_eq!(p.group(), "p");
+        assert_eq!(p.dead_letter(), "in:dead");
+        assert_eq!(p.source.batch, 256);
+        assert_eq!(Pipeline::sink_name(&p.sinks[0]), "out");
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_suggests() {
+        let text = MINIMAL.replace("stream = \"in\"", "stream = \"in\"\nbach = 10");
+        let e = &load(&text).unwrap_err()[0];
+        assert_eq!((e.line, e.key.as_str()), (4, "source.bach"));
+        assert!(e.message.contains("did you mean `batch`"), "{}", e.message);
+    }
+
+    #[test]
+    fn semantic_errors_are_located() {
+        let text =
+            format!("{MINIMAL}\n[[sink]]\nname = \"out\"\ntype = \"stream\"\nstream = \"x\"\n");
+        let e = &load(&text).unwrap_err()[0];
+        assert_eq!((e.line, e.key.as_str()), (10, "sink[1].name"));
+    }
+
+    #[test]
+    fn stream_ids() {
+        assert!(is_stream_id("1700000000000-0"));
+        assert!(is_stream_id("17"));
+        assert!(!is_stream_id("17-"));
+        assert!(!is_stream_id("abc"));
+    }
+}

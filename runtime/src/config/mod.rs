@@ -1,0 +1,252 @@
+//! Pipeline files: what users write, parsed strictly and validated before
+//! anything connects or runs.
+//!
+//! Parsing is in two steps. Serde reads the file into the structs below
+//! (unknown keys and wrong types are rejected with their line); then
+//! [`load::validate`] checks what serde cannot (required keys per source
+//! type, unique sink names, plugin files that exist and compile). Every error
+//! is a [`ConfigError`] naming the file, line, key and what would be valid.
+
+mod load;
+
+pub use load::{ConfigError, load_file, load_str, pipeline_files};
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Default Redis when neither the pipeline, `--redis` nor `$SLUICE_REDIS_URL` names one.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// One pipeline file, as written.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineFile {
+    /// Pipeline name: the consumer group default, the key-value scope and the
+    /// label on every log line and metric. Default: the file's stem.
+    pub name: Option<String>,
+    /// Where the source (and by default the sinks) live.
+    #[serde(default)]
+    pub redis: RedisConfig,
+    /// Where messages come from.
+    pub source: SourceConfig,
+    /// Plugins applied in order; none means records pass through unchanged.
+    #[serde(default, rename = "processor")]
+    pub processors: Vec<ProcessorConfig>,
+    /// Where records go. The first one receives records that name no sink.
+    #[serde(default, rename = "sink")]
+    pub sinks: Vec<SinkConfig>,
+    /// Write a batch's output and its XACK in one MULTI/EXEC, so a crash
+    /// never leaves output without ack or ack without output. Only for a
+    /// stream source whose sinks are all streams on the same Redis.
+    #[serde(default)]
+    pub atomic: bool,
+}
+
+/// The `[redis]` table.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Default: `--redis`, then `$SLUICE_REDIS_URL`, then [`DEFAULT_REDIS_URL`].
+    pub url: Option<String>,
+}
+
+/// Kinds of source.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceType {
+    /// A stream read through a consumer group: at-least-once, acked after success.
+    Stream,
+    /// Pub/sub channels and patterns: at-most-once, Redis keeps nothing.
+    Pubsub,
+    /// A list used as a reliable queue.
+    List,
+}
+
+/// The `[source]` table. Flat rather than one struct per type so that serde
+/// reports every unknown key with its own line; [`load::validate`] checks
+/// that each key fits the chosen type.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `stream`, `pubsub` or `list`.
+    #[serde(rename = "type")]
+    pub kind: SourceType,
+    /// Stream key (stream sources).
+    pub stream: Option<String>,
+    /// Consumer group; default: the pipeline name.
+    pub group: Option<String>,
+    /// Concurrent consumers in this process, each with its own name and
+    /// warm plugin instances. Default 1.
+    #[serde(default = "defaults::consumers")]
+    pub consumers: u32,
+    /// Messages per read (XREADGROUP COUNT) and per plugin call. Default 256.
+    #[serde(default = "defaults::batch")]
+    pub batch: u32,
+    /// How long one read waits for new messages. Also bounds how long
+    /// shutdown waits for an idle consumer. Default 1000.
+    #[serde(default = "defaults::block_ms")]
+    pub block_ms: u64,
+    /// Where a newly created group starts: `$` (new messages only), `0`
+    /// (the whole stream) or an entry id. Default `$`.
+    #[serde(default = "defaults::start")]
+    pub start: String,
+    /// Entries pending longer than this are taken from their consumer and
+    /// delivered again. Default 30000.
+    #[serde(default = "defaults::claim_idle_ms")]
+    pub claim_idle_ms: u64,
+    /// Deliveries before a message is dead-lettered. Default 5.
+    #[serde(default = "defaults::max_deliveries")]
+    pub max_deliveries: u32,
+    /// Dead-letter stream. Default `<stream>:dead`.
+    pub dead_letter: Option<String>,
+    /// Pub/sub channels (pubsub sources).
+    pub channels: Option<Vec<String>>,
+    /// Pub/sub patterns (pubsub sources).
+    pub patterns: Option<Vec<String>>,
+    /// List key (list sources).
+    pub list: Option<String>,
+}
+
+/// One `[[processor]]` entry.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessorConfig {
+    /// Path to the plugin's .wasm; a relative path is relative to the
+    /// pipeline file's folder, so a pipeline runs from any working directory.
+    pub plugin: PathBuf,
+    /// Longest one `process` call may run before it is stopped (the batch's
+    /// messages are then retried). Default 1000.
+    #[serde(default = "defaults::timeout_ms")]
+    pub timeout_ms: u64,
+    /// Most linear memory one instance may grow to. Default 64.
+    #[serde(default = "defaults::memory_mb")]
+    pub memory_mb: u32,
+    /// Handed to the plugin's `init`, values as text.
+    #[serde(default)]
+    pub config: BTreeMap<String, toml::Value>,
+}
+
+/// Kinds of sink.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkType {
+    /// XADD to a stream.
+    Stream,
+    /// PUBLISH to a channel.
+    Pubsub,
+    /// LPUSH/RPUSH to a list.
+    List,
+    /// JSON lines on standard output.
+    Stdout,
+    /// JSON lines appended to a file.
+    File,
+}
+
+/// One `[[sink]]` entry (flat for the same reason as [`SourceConfig`]).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Name that records use in `to`. Default: `out` for the first sink.
+    pub name: Option<String>,
+    #[serde(rename = "type")]
+    /// `stream`, `pubsub`, `list`, `stdout` or `file`.
+    pub kind: SinkType,
+    /// Stream key (stream sinks).
+    pub stream: Option<String>,
+    /// Approximate cap on the stream's length (XADD MAXLEN ~).
+    pub maxlen: Option<u64>,
+    /// Redis for this sink; default: the pipeline's.
+    pub url: Option<String>,
+    /// Channel (pubsub sinks).
+    pub channel: Option<String>,
+    /// List key (list sinks).
+    pub list: Option<String>,
+    /// File path (file sinks).
+    pub path: Option<PathBuf>,
+    /// `all`: this sink receives every record, whatever its `to`.
+    pub route: Option<String>,
+}
+
+mod defaults {
+    pub fn consumers() -> u32 {
+        1
+    }
+    pub fn batch() -> u32 {
+        256
+    }
+    pub fn block_ms() -> u64 {
+        1000
+    }
+    pub fn start() -> String {
+        "$".into()
+    }
+    pub fn claim_idle_ms() -> u64 {
+        30_000
+    }
+    pub fn max_deliveries() -> u32 {
+        5
+    }
+    pub fn timeout_ms() -> u64 {
+        1000
+    }
+    pub fn memory_mb() -> u32 {
+        64
+    }
+}
+
+/// A validated pipeline, with every default filled in and paths resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pipeline {
+    /// Pipeline name.
+    pub name: String,
+    /// The file it came from.
+    pub file: PathBuf,
+    /// Redis URL as written in the file, if any (the runtime's default applies otherwise).
+    pub redis_url: Option<String>,
+    /// The source, as written, with `group` and `dead_letter` defaulted.
+    pub source: SourceConfig,
+    /// Processors with absolute plugin paths.
+    pub processors: Vec<ProcessorConfig>,
+    /// Sinks with names filled in.
+    pub sinks: Vec<SinkConfig>,
+    /// See [`PipelineFile::atomic`].
+    pub atomic: bool,
+}
+
+impl Pipeline {
+    /// The stream key of a stream source.
+    pub fn stream(&self) -> &str {
+        self.source.stream.as_deref().unwrap_or_default()
+    }
+
+    /// The consumer group (always set after validation).
+    pub fn group(&self) -> &str {
+        self.source.group.as_deref().unwrap_or(&self.name)
+    }
+
+    /// The dead-letter stream (always set after validation).
+    pub fn dead_letter(&self) -> &str {
+        self.source.dead_letter.as_deref().unwrap_or_default()
+    }
+
+    /// A sink's name (always set after validation).
+    pub fn sink_name(sink: &SinkConfig) -> &str {
+        sink.name.as_deref().unwrap_or("out")
+    }
+}
+
+/// Turns a `[processor.config]` table into the text pairs `init` receives:
+/// strings as they are, other values as TOML writes them.
+pub fn plugin_config(config: &BTreeMap<String, toml::Value>) -> Vec<(String, String)> {
+    config
+        .iter()
+        .map(|(k, v)| {
+            let text = match v {
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.clone(), text)
+        })
+        .collect()
+}

@@ -1,0 +1,36 @@
+//! Sluice: stream processing on Redis with WebAssembly processors.
+//!
+//! A pipeline file binds a Redis source through processor plugins to sinks.
+//! The runtime owns delivery; plugins are pure functions over batches.
+//!
+//! ```text
+//! config      parse + validate pipeline files (errors name file, line, key)
+//! supervisor  loads pipelines, runs them, drains them on shutdown
+//! pipeline    per pipeline: N consumers, each read -> process -> deliver -> settle
+//! source      stream: XREADGROUP (own pending first), group creation, XACK
+//! plugin      the only module that knows wasmtime: compile, instances, limits
+//! sink        where records go (pipelined writes), routing by `to`
+//! ack         delivery status per message decides ack, retry or dead letter
+//! message     the message model shared by all of the above
+//! conn        Redis connections with timeouts that fit their use
+//! embedded    `--redis embedded`: a private redis-server
+//! ```
+//!
+//! Data flow for one batch:
+//!
+//! ```text
+//! XREADGROUP -> Chain::process (blocking thread, one call per stage)
+//!   -> ack::deliver (XADD per sink, pipelined) -> dead letters -> XACK
+//! ```
+#![warn(missing_docs)]
+
+pub mod ack;
+pub mod config;
+pub mod conn;
+pub mod embedded;
+pub mod message;
+pub mod pipeline;
+pub mod plugin;
+pub mod sink;
+pub mod source;
+pub mod supervisor;

@@ -1,0 +1,148 @@
+//! The `sluice` command line.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use sluice::config::DEFAULT_REDIS_URL;
+use sluice::embedded::EmbeddedRedis;
+use sluice::pipeline::Context;
+use sluice::plugin::Engine;
+use sluice::supervisor;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Stream processing on Redis with WebAssembly processors"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipelines in the given files and folders until SIGINT/SIGTERM.
+    Run {
+        /// Pipeline files, or folders of them (*.toml).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Redis for pipelines that name none: a URL, or `embedded` to start
+        /// a private redis-server (from PATH) for the life of this process.
+        /// Default: $SLUICE_REDIS_URL, then redis://127.0.0.1:6379.
+        #[arg(long, value_name = "URL|embedded")]
+        redis: Option<String>,
+    },
+    /// Check pipeline files (and compile their plugins) without running them.
+    Validate {
+        /// Pipeline files, or folders of them (*.toml).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run { paths, redis } => run(paths, redis).await,
+            Command::Validate { paths } => validate(paths).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = std::env::var("SLUICE_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
+
+async fn run(paths: Vec<PathBuf>, redis: Option<String>) -> Result<ExitCode> {
+    let mut embedded = None;
+    let default_url = match redis.as_deref() {
+        Some("embedded") => {
+            let server = EmbeddedRedis::start().await?;
+            // On stdout, so scripts can read it apart from the log.
+            println!("redis: {}", server.url());
+            let url = server.url().to_string();
+            embedded = Some(server);
+            url
+        }
+        Some(url) => url.to_string(),
+        None => std::env::var("SLUICE_REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS_URL.to_string()),
+    };
+    let ctx = Context {
+        engine: Engine::new()?,
+        default_url,
+    };
+    let cancel = CancellationToken::new();
+    tokio::spawn(on_signal(cancel.clone()));
+    let result = supervisor::run(paths, ctx, cancel).await;
+    if let Some(server) = embedded {
+        server.stop().await;
+    }
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+/// First SIGINT/SIGTERM: drain and exit 0. A second one: exit at once.
+async fn on_signal(cancel: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for signals; stop sluice with SIGKILL");
+        return;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::info!(
+        "signal received: stopping reads, finishing in-flight work (signal again to exit at once)"
+    );
+    cancel.cancel();
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::warn!("second signal: exiting now; unfinished batches stay pending");
+    std::process::exit(130);
+}
+
+async fn validate(paths: Vec<PathBuf>) -> Result<ExitCode> {
+    let engine = Engine::new()?;
+    let (valid, errors) =
+        tokio::task::spawn_blocking(move || supervisor::load_all(&paths, &engine)).await??;
+    for p in &valid {
+        println!("ok: {} ({})", p.file.display(), p.name);
+    }
+    for e in &errors {
+        eprintln!("error: {e}");
+    }
+    Ok(if errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,317 @@
+//! A consumer's processors: warm instances, one `process` call per batch,
+//! faults contained to the messages that caused them.
+
+use super::bindings::sluice::processor::types as wit;
+use super::host::Host;
+use super::{EPOCH_TICK, Plugin, bindings};
+use crate::message::{Failure, FailureClass, FailureKind, Message, Outcome, Record};
+use arc_swap::ArcSwap;
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::{Store, Trap};
+
+/// Settings of one `[[processor]]`, fixed for the life of its instances.
+#[derive(Clone)]
+pub struct StageSettings {
+    /// Pipeline name: log field and key-value scope.
+    pub pipeline: Arc<str>,
+    /// Longest one call may run.
+    pub timeout: Duration,
+    /// Most linear memory one instance may have.
+    pub memory_bytes: usize,
+    /// Handed to `init`.
+    pub config: Vec<(String, String)>,
+    /// Redis behind the `kv` import.
+    pub kv: Option<redis::Client>,
+}
+
+/// One processor of a pipeline, shared by its consumers. The plugin can be
+/// replaced while consumers run: each consumer notices between batches and
+/// instantiates the new version, so in-flight batches finish on the old one.
+pub struct Stage {
+    /// The version new batches use.
+    pub plugin: ArcSwap<Plugin>,
+    /// Its settings.
+    pub settings: StageSettings,
+}
+
+impl Stage {
+    /// A stage running `plugin`.
+    pub fn new(plugin: Arc<Plugin>, settings: StageSettings) -> Self {
+        Stage {
+            plugin: ArcSwap::new(plugin),
+            settings,
+        }
+    }
+
+    /// Makes one instance and runs its `init`: proves the plugin and its
+    /// config work before a pipeline starts or a new version is swapped in.
+    pub fn check_init(plugin: &Arc<Plugin>, settings: &StageSettings) -> Result<(), String> {
+        Instance::new(plugin.clone(), settings)
+            .map(drop)
+            .map_err(|f| f.reason)
+    }
+}
+
+/// A live instance: a store and the bindings into it. Dropped after a trap,
+/// since a component instance that trapped cannot be entered again.
+struct Instance {
+    store: Store<Host>,
+    bindings: bindings::Processor,
+    plugin: Arc<Plugin>,
+}
+
+impl Instance {
+    fn new(plugin: Arc<Plugin>, settings: &StageSettings) -> Result<Self, Failure> {
+        let host = Host::new(
+            settings.pipeline.clone(),
+            plugin.path.display().to_string().into(),
+            settings.memory_bytes,
+            settings.kv.clone(),
+        );
+        let mut store = Store::new(plugin.pre.engine(), host);
+        store.limiter(|h| &mut h.limits);
+        store.set_epoch_deadline(deadline_ticks(settings.timeout));
+        let bindings = plugin
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(e, &store, settings, "instantiate"))?;
+        match bindings.call_init(&mut store, &settings.config) {
+            Ok(Ok(())) => Ok(Instance {
+                store,
+                bindings,
+                plugin,
+            }),
+            Ok(Err(why)) => Err(Failure::retry(
+                FailureClass::Plugin,
+                format!("init refused: {why}"),
+            )),
+            Err(e) => Err(classify(e, &store, settings, "init")),
+        }
+    }
+}
+
+fn deadline_ticks(timeout: Duration) -> u64 {
+    (timeout.as_millis() as u64).div_ceil(EPOCH_TICK.as_millis() as u64) + 1
+}
+
+/// Names a trap by its cause: the deadline, the memory cap, or the guest's own panic.
+fn classify(
+    e: wasmtime::Error,
+    store: &Store<Host>,
+    settings: &StageSettings,
+    during: &str,
+) -> Failure {
+    let host = store.data();
+    if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+        return Failure::retry(
+            FailureClass::Timeout,
+            format!(
+                "{during} ran longer than timeout_ms = {}",
+                settings.timeout.as_millis()
+            ),
+        );
+    }
+    if host.limits.hit {
+        return Failure::retry(
+            FailureClass::Memory,
+            format!(
+                "{during} needed more than memory_mb = {}",
+                settings.memory_bytes >> 20
+            ),
+        );
+    }
+    let detail = host.stderr.last_message().unwrap_or_else(|| {
+        format!("{e:#}")
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    });
+    Failure::retry(FailureClass::Trap, format!("{during} trapped: {detail}"))
+}
+
+/// One consumer's view of a stage: the shared stage and this consumer's instance.
+struct Slot {
+    stage: Arc<Stage>,
+    instance: Option<Instance>,
+}
+
+impl Slot {
+    /// Processes `msgs`, one outcome each. If the batch call traps, each
+    /// message is tried alone so that only the culprit fails.
+    fn call(&mut self, msgs: &[Message]) -> Vec<Outcome> {
+        if msgs.is_empty() {
+            return Vec::new();
+        }
+        let mut outcomes = self.call_isolated(msgs);
+        let hash: Arc<str> = self.stage.plugin.load().hash().into();
+        for failure in outcomes.iter_mut().filter_map(|o| o.as_mut().err()) {
+            failure.plugin.get_or_insert_with(|| hash.clone());
+        }
+        outcomes
+    }
+
+    fn call_isolated(&mut self, msgs: &[Message]) -> Vec<Outcome> {
+        match self.call_batch(msgs) {
+            Ok(outcomes) => outcomes,
+            Err(failure) if msgs.len() == 1 => vec![Err(failure)],
+            Err(failure) => {
+                tracing::warn!(
+                    pipeline = %self.stage.settings.pipeline,
+                    plugin = %self.stage.plugin.load().path.display(),
+                    batch = msgs.len(),
+                    "{failure}; retrying the batch's messages one by one to find the culprit"
+                );
+                msgs.iter()
+                    .map(|m| match self.call_batch(std::slice::from_ref(m)) {
+                        Ok(mut one) => one.pop().unwrap_or_else(|| Ok(Vec::new())),
+                        Err(f) => Err(f),
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    fn call_batch(&mut self, msgs: &[Message]) -> Result<Vec<Outcome>, Failure> {
+        let settings = &self.stage.settings;
+        let current = self.stage.plugin.load_full();
+        let stale = self
+            .instance
+            .as_ref()
+            .is_none_or(|i| !Arc::ptr_eq(&i.plugin, &current));
+        if stale {
+            self.instance = Some(Instance::new(current, settings)?);
+        }
+        let inst = self.instance.as_mut().expect("instance set above");
+        let batch: Vec<wit::Message> = msgs.iter().map(to_wit).collect();
+        inst.store
+            .set_epoch_deadline(deadline_ticks(settings.timeout));
+        match inst.bindings.call_process(&mut inst.store, &batch) {
+            Ok(outcomes) if outcomes.len() == msgs.len() => {
+                Ok(outcomes.into_iter().map(from_wit).collect())
+            }
+            Ok(outcomes) => Err(Failure::retry(
+                FailureClass::Plugin,
+                format!(
+                    "process returned {} outcomes for {} messages",
+                    outcomes.len(),
+                    msgs.len()
+                ),
+            )),
+            Err(e) => {
+                let failure = classify(e, &inst.store, settings, "process");
+                self.instance = None;
+                Err(failure)
+            }
+        }
+    }
+}
+
+/// A consumer's processors, applied in order. Not shared: each consumer
+/// owns one and moves it onto a blocking thread for each batch.
+pub struct Chain {
+    slots: Vec<Slot>,
+}
+
+impl Chain {
+    /// A chain over `stages`; instances are made on first use.
+    pub fn new(stages: &[Arc<Stage>]) -> Self {
+        Chain {
+            slots: stages
+                .iter()
+                .map(|s| Slot {
+                    stage: s.clone(),
+                    instance: None,
+                })
+                .collect(),
+        }
+    }
+
+    /// One outcome per message. A message fans out through the stages: each
+    /// record of stage k is a message for stage k+1 (same id, source and
+    /// deliveries); the message fails if any of its records fails.
+    pub fn process(&mut self, batch: &[Message]) -> Vec<Outcome> {
+        let mut outcomes: Vec<Outcome> = vec![Ok(Vec::new()); batch.len()];
+        let Some(last) = self.slots.len().checked_sub(1) else {
+            return batch
+                .iter()
+                .map(|m| Ok(vec![Record::from_message(m)]))
+                .collect();
+        };
+        // (index of the input message, message for this stage, `to` so far)
+        let mut items: Vec<(usize, Option<String>)> = (0..batch.len()).map(|i| (i, None)).collect();
+        let mut msgs: Vec<Message> = batch.to_vec();
+        for (k, slot) in self.slots.iter_mut().enumerate() {
+            let results = slot.call(&msgs);
+            let mut next_items = Vec::new();
+            let mut next_msgs = Vec::new();
+            for ((idx, to), (msg, result)) in items.into_iter().zip(msgs.into_iter().zip(results)) {
+                if outcomes[idx].is_err() {
+                    continue;
+                }
+                match result {
+                    Err(failure) => outcomes[idx] = Err(failure),
+                    Ok(records) if k == last => {
+                        let out = outcomes[idx].as_mut().expect("checked above");
+                        out.extend(records.into_iter().map(|r| Record {
+                            to: r.to.or_else(|| to.clone()),
+                            ..r
+                        }));
+                    }
+                    Ok(records) => {
+                        for r in records {
+                            next_items.push((idx, r.to.or_else(|| to.clone())));
+                            next_msgs.push(Message {
+                                fields: r.fields,
+                                ..msg.clone()
+                            });
+                        }
+                    }
+                }
+            }
+            items = next_items;
+            msgs = next_msgs;
+        }
+        outcomes
+    }
+}
+
+fn to_wit(m: &Message) -> wit::Message {
+    wit::Message {
+        id: m.id.clone(),
+        source: m.source.to_string(),
+        fields: m
+            .fields
+            .iter()
+            .map(|(name, value)| wit::Field {
+                name: name.clone(),
+                value: value.clone(),
+            })
+            .collect(),
+        deliveries: m.deliveries,
+        first_delivery_ms: m.first_delivery_ms,
+    }
+}
+
+fn from_wit(outcome: Result<Vec<wit::Output>, wit::Failure>) -> Outcome {
+    match outcome {
+        Ok(records) => Ok(records
+            .into_iter()
+            .map(|r| Record {
+                fields: r.fields.into_iter().map(|f| (f.name, f.value)).collect(),
+                to: r.to,
+            })
+            .collect()),
+        Err(f) => Err(Failure {
+            kind: match f.kind {
+                wit::FailureKind::Retry => FailureKind::Retry,
+                wit::FailureKind::DeadLetter => FailureKind::DeadLetter,
+                wit::FailureKind::Drop => FailureKind::Drop,
+            },
+            class: FailureClass::Plugin,
+            reason: f.reason,
+            plugin: None,
+        }),
+    }
+}
