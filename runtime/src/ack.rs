@@ -7,8 +7,15 @@
 //! - Rejected (dead-letter asked, or the last allowed delivery failed) ->
 //!   XADD to the dead-letter stream, then XACK.
 
+use crate::conn::Outage;
 use crate::message::{Failure, FailureClass, FailureKind, Message, Outcome, Record};
-use crate::sink::Sinks;
+use crate::sink::{Sink, SinkError, Sinks};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// After shutdown is asked, how long writes to an unreachable sink keep
+/// being retried before their messages are left pending.
+pub const SHUTDOWN_WRITE_GRACE: Duration = Duration::from_secs(20);
 
 /// What became of one message.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,12 +32,16 @@ pub enum Status {
 
 /// Routes and writes the records of `outcomes` (one per message of `batch`)
 /// and returns each message's status. Writes go out per sink in one
-/// pipelined round trip, in batch order.
+/// pipelined round trip, in batch order. While a sink is unreachable its
+/// writes are retried with backoff, so the consumer reads nothing new
+/// (backpressure) until it recovers or `stop` has been set for
+/// [`SHUTDOWN_WRITE_GRACE`].
 pub async fn deliver(
     batch: &[Message],
     outcomes: Vec<Outcome>,
     sinks: &Sinks,
     max_deliveries: u32,
+    stop: &CancellationToken,
 ) -> Vec<Status> {
     let mut failures: Vec<Option<Failure>> = vec![None; batch.len()];
     let mut dropped: Vec<Option<Failure>> = vec![None; batch.len()];
@@ -63,14 +74,8 @@ pub async fn deliver(
     let writes = per_sink
         .iter()
         .zip(&sinks.sinks)
-        .map(|(items, sink)| async move {
-            let records: Vec<&Record> = items.iter().map(|(_, r)| r).collect();
-            if records.is_empty() {
-                Vec::new()
-            } else {
-                sink.write(&records).await
-            }
-        });
+        .zip(&sinks.names)
+        .map(|((items, sink), name)| write_through_outages(sink, name, items, stop));
     let results = futures::future::join_all(writes).await;
     for ((items, results), name) in per_sink.iter().zip(results).zip(&sinks.names) {
         for ((i, _), result) in items.iter().zip(results) {
@@ -92,6 +97,54 @@ pub async fn deliver(
             (None, Some(d)) => Status::Dropped(d),
             (None, None) => Status::Delivered,
         })
+        .collect()
+}
+
+/// Writes `items` to `sink`, retrying the records that failed because the
+/// sink was unreachable; refusals are returned at once.
+async fn write_through_outages(
+    sink: &Sink,
+    name: &str,
+    items: &[(usize, Record)],
+    stop: &CancellationToken,
+) -> Vec<Result<(), SinkError>> {
+    let mut results: Vec<Option<Result<(), SinkError>>> = vec![None; items.len()];
+    let mut todo: Vec<usize> = (0..items.len()).collect();
+    let mut outage = Outage::new(name);
+    let mut stopped_at: Option<Instant> = None;
+    while !todo.is_empty() {
+        let records: Vec<&Record> = todo.iter().map(|&k| &items[k].1).collect();
+        let mut again = Vec::new();
+        let mut last = None;
+        for (k, result) in todo.iter().zip(sink.write(&records).await) {
+            match result {
+                Err(e) if e.outage => {
+                    again.push(*k);
+                    last = Some(e);
+                }
+                other => results[*k] = Some(other),
+            }
+        }
+        let Some(error) = last else {
+            outage.recovered();
+            break;
+        };
+        if stop.is_cancelled() {
+            let since = *stopped_at.get_or_insert_with(Instant::now);
+            if since.elapsed() > SHUTDOWN_WRITE_GRACE {
+                for k in again {
+                    results[k] = Some(Err(error.clone()));
+                }
+                break;
+            }
+        }
+        outage.failed(&error, &format!("writing to sink `{name}`"));
+        tokio::time::sleep(outage.next_delay()).await;
+        todo = again;
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(SinkError::refused("not written"))))
         .collect()
 }
 

@@ -2,7 +2,12 @@
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisResult};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Longest pause between retries while Redis is unreachable.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Longest a non-blocking command (XADD pipeline, XACK) may take before it
 /// counts as failed. redis-rs defaults to 500 ms, too short for a pipelined
@@ -42,5 +47,63 @@ pub fn redact(url: &str) -> String {
             format!("{}://***@{}", &url[..scheme], &url[at + 1..])
         }
         _ => url.to_string(),
+    }
+}
+
+/// Tracks one outage: logs its start once and its end once, and paces
+/// retries with exponential backoff and jitter.
+pub struct Outage {
+    pipeline: String,
+    since: Option<Instant>,
+    attempt: u32,
+}
+
+impl Outage {
+    /// No outage yet.
+    pub fn new(pipeline: &str) -> Self {
+        Outage {
+            pipeline: pipeline.to_string(),
+            since: None,
+            attempt: 0,
+        }
+    }
+
+    /// Notes a failure; logs it once, when it starts an outage.
+    pub fn failed(&mut self, e: &dyn std::fmt::Display, what: &str) {
+        if self.since.is_none() {
+            self.since = Some(Instant::now());
+            warn!(pipeline = %self.pipeline, "Redis unavailable while {what}: {e}; retrying with backoff");
+        }
+    }
+
+    /// Notes a success; logs the end of an outage.
+    pub fn recovered(&mut self) {
+        if let Some(since) = self.since.take() {
+            info!(pipeline = %self.pipeline, down_ms = since.elapsed().as_millis() as u64, "Redis reachable again");
+        }
+        self.attempt = 0;
+    }
+
+    /// The next backoff delay.
+    pub fn next_delay(&mut self) -> Duration {
+        self.attempt = self.attempt.saturating_add(1);
+        let base = Duration::from_millis(50)
+            .saturating_mul(1 << self.attempt.min(7))
+            .min(MAX_BACKOFF);
+        // Jitter (0-25%) keeps many consumers from reconnecting in lockstep.
+        let jitter = std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            Instant::now(),
+        ) % 250;
+        base + base * jitter as u32 / 1000
+    }
+
+    /// Sleeps the next backoff; false if cancelled meanwhile.
+    pub async fn wait(&mut self, cancel: &CancellationToken) -> bool {
+        let delay = self.next_delay();
+        tokio::select! {
+            _ = cancel.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
+        }
     }
 }

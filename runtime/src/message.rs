@@ -69,8 +69,9 @@ pub enum FailureClass {
     Route,
     /// A sink refused or failed the write.
     Sink,
-    /// The message could not be read as a message (e.g. a deleted entry).
-    Malformed,
+    /// Delivered `max_deliveries` times without an outcome: every consumer
+    /// that held it stopped (crashed) before settling it.
+    Unsettled,
 }
 
 impl FailureClass {
@@ -83,7 +84,7 @@ impl FailureClass {
             FailureClass::Memory => "memory",
             FailureClass::Route => "route",
             FailureClass::Sink => "sink",
-            FailureClass::Malformed => "malformed",
+            FailureClass::Unsettled => "unsettled",
         }
     }
 }

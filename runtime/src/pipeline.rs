@@ -1,28 +1,29 @@
 //! One pipeline: a stream source read by N consumers, each running its own
-//! warm processor chain, writing to the shared sinks, acking what landed.
+//! warm processor chain, writing to the shared sinks, acking what landed;
+//! and one reclaimer that hands dead or failed work back to the consumers.
 //!
 //! ```text
-//! XREADGROUP (own pending, then >) -> Chain::process on a blocking thread
-//!   -> ack::deliver (pipelined writes per sink) -> dead letters -> XACK
+//! XREADGROUP (own pending, then >) ─┐
+//! reclaimer: XAUTOCLAIM ──── feed ──┴─> consumer: Chain::process (blocking thread)
+//!     -> ack::deliver (pipelined writes per sink) -> dead letters -> XACK
+//!     (leases renewed with XCLAIM JUSTID while the batch is alive)
 //! ```
 
 use crate::ack::{self, Status};
 use crate::config::{Pipeline, plugin_config};
-use crate::conn;
-use crate::message::Message;
+use crate::conn::{self, Outage};
+use crate::message::{Failure, FailureClass, FailureKind, Message};
 use crate::plugin::{Chain, Engine, Stage, StageSettings};
 use crate::sink::Sinks;
-use crate::source::stream::{self as source, StreamReader};
+use crate::source::stream::{self as source, Batch, StreamReader};
 use anyhow::{Context as _, Result};
 use redis::aio::ConnectionManager;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, warn};
-
-/// Longest pause between retries while Redis is unreachable.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// How long settling a finished batch (dead letters, XACK) keeps retrying
 /// through an outage before the batch is left pending for redelivery.
@@ -97,13 +98,6 @@ pub async fn build(pipeline: Pipeline, ctx: &Context) -> Result<Built> {
     })
 }
 
-/// Why a consumer stopped.
-#[derive(Debug, PartialEq, Eq)]
-enum End {
-    /// Asked to stop; in-flight work finished.
-    Shutdown,
-}
-
 impl Built {
     /// Runs until `cancel`, then lets every consumer finish its batch.
     pub async fn run(self, cancel: CancellationToken) -> Result<()> {
@@ -120,11 +114,16 @@ impl Built {
         );
         let tracker = TaskTracker::new();
         let host = gethostname::gethostname().to_string_lossy().into_owned();
+        let mut feeds = Vec::new();
         for index in 0..p.source.consumers {
             let consumer = format!("{host}-{}-{index}", std::process::id());
+            // One batch of reclaimed work waits per consumer; more waits in Redis.
+            let (feed, reclaimed) = mpsc::channel(1);
+            feeds.push((consumer.clone(), feed));
             let span = tracing::info_span!("consumer", pipeline = %p.name, consumer = %consumer);
-            tracker.spawn(consume(s.clone(), consumer, cancel.clone()).instrument(span));
+            tracker.spawn(consume(s.clone(), consumer, reclaimed, cancel.clone()).instrument(span));
         }
+        tracker.spawn(reclaim(s.clone(), feeds, conn, cancel.clone()));
         tracker.close();
         tracker.wait().await;
         info!(pipeline = %p.name, "pipeline stopped");
@@ -145,7 +144,9 @@ async fn wait_for_group(conn: &mut ConnectionManager, p: &Pipeline, cancel: &Can
                 return;
             }
             Err(e) => {
-                if !outage.failed(&e, "creating the consumer group") {
+                if conn::is_outage(&e) {
+                    outage.failed(&e, "creating the consumer group");
+                } else {
                     error!(pipeline = %p.name, "cannot create group {} on {}: {e}", p.group(), p.stream());
                 }
                 if !outage.wait(cancel).await {
@@ -156,15 +157,20 @@ async fn wait_for_group(conn: &mut ConnectionManager, p: &Pipeline, cancel: &Can
     }
 }
 
-async fn consume(s: Arc<Shared>, consumer: String, cancel: CancellationToken) -> End {
+async fn consume(
+    s: Arc<Shared>,
+    consumer: String,
+    mut reclaimed: mpsc::Receiver<Vec<Message>>,
+    cancel: CancellationToken,
+) {
     let p = &s.pipeline;
     // A dedicated connection: a blocking read holds it for up to block_ms.
     let read_timeout = Duration::from_millis(p.source.block_ms) + conn::COMMAND_TIMEOUT;
-    let conn = match conn::manager(&s.client, read_timeout) {
+    let mut conn = match conn::manager(&s.client, read_timeout) {
         Ok(c) => c,
         Err(e) => {
             error!("cannot open a connection: {e}");
-            return End::Shutdown;
+            return;
         }
     };
     let mut reader = StreamReader::new(
@@ -175,85 +181,226 @@ async fn consume(s: Arc<Shared>, consumer: String, cancel: CancellationToken) ->
         p.source.batch,
         p.source.block_ms,
     );
-    let mut settle_conn = conn;
     let mut chain = Some(Chain::new(&s.stages));
     let mut outage = Outage::new(&p.name);
     debug!("consumer started");
     // The read is not raced against `cancel`: a dropped XREADGROUP may
     // already have moved entries into this consumer's pending list. The
     // read returns within block_ms, which bounds shutdown instead.
-    let end = loop {
-        if cancel.is_cancelled() {
-            break End::Shutdown;
+    while !cancel.is_cancelled() {
+        // Reclaimed work first: it has waited longest.
+        if let Ok(messages) = reclaimed.try_recv() {
+            process_batch(&s, &consumer, &mut chain, messages, &mut conn, &cancel).await;
+            continue;
         }
-        let batch = match reader.read().await {
+        let Batch { messages, deleted } = match reader.read().await {
             Ok(batch) => {
                 outage.recovered();
                 batch
             }
             Err(e) if e.code() == Some("NOGROUP") => {
                 error!(stream = %p.stream(), group = %p.group(), "consumer group is gone (Redis lost its data?); recreating it");
-                wait_for_group(&mut settle_conn, p, &cancel).await;
+                wait_for_group(&mut conn, p, &cancel).await;
                 continue;
             }
             Err(e) => {
                 outage.failed(&e, "reading");
                 // Entries may have been delivered to us with the reply lost.
                 reader.reread_own_pending();
-                if !outage.wait(&cancel).await {
-                    break End::Shutdown;
-                }
+                outage.wait(&cancel).await;
                 continue;
             }
         };
-        if !batch.deleted.is_empty() {
-            warn!(ids = ?batch.deleted, "pending entries were deleted from the stream; acking them");
-            let ids: Vec<&str> = batch.deleted.iter().map(String::as_str).collect();
-            settle_acks(&mut settle_conn, p, &ids).await;
+        if !deleted.is_empty() {
+            warn!(ids = ?deleted, "pending entries were deleted from the stream; acking them");
+            let ids: Vec<&str> = deleted.iter().map(String::as_str).collect();
+            settle_acks(&mut conn, p, &ids).await;
         }
-        if batch.messages.is_empty() {
-            continue;
+        if !messages.is_empty() {
+            process_batch(&s, &consumer, &mut chain, messages, &mut conn, &cancel).await;
         }
-        let span = tracing::debug_span!("batch", stream = %p.stream(), size = batch.messages.len());
-        process_batch(&s, &mut chain, batch.messages, &mut settle_conn)
-            .instrument(span)
-            .await;
-    };
-    let mut conn = settle_conn;
+    }
+    // Reclaimed work handed to us but not started stays pending under our
+    // name; the reclaimer of a live process takes it after claim_idle_ms.
+    reclaimed.close();
     match source::remove_if_idle(&mut conn, p.stream(), p.group(), &consumer).await {
         Ok(true) => debug!("consumer left the group"),
         Ok(false) => info!("consumer stopped with entries pending; they will be reclaimed"),
         Err(e) => debug!("could not remove the consumer from the group: {e}"),
     }
-    end
 }
 
-/// Runs the chain, writes the records, dead-letters and acks.
+/// Runs the chain, writes the records, dead-letters and acks, holding the
+/// batch's leases all the while.
 async fn process_batch(
     s: &Shared,
+    consumer: &str,
     chain: &mut Option<Chain>,
     batch: Vec<Message>,
     conn: &mut ConnectionManager,
+    stop: &CancellationToken,
 ) {
     let p = &s.pipeline;
+    let ids: Vec<String> = batch.iter().map(|m| m.id.clone()).collect();
+    let lease_conn = conn.clone();
+    let work = async {
+        // Past max_deliveries without an outcome (its consumers kept dying
+        // mid-batch): dead-letter without running it again.
+        let max = p.source.max_deliveries;
+        let (expired, fresh): (Vec<Message>, Vec<Message>) =
+            batch.into_iter().partition(|m| m.deliveries > max);
+        let mut statuses: Vec<Status> = expired
+            .iter()
+            .map(|m| {
+                Status::Rejected(Failure {
+                    kind: FailureKind::DeadLetter,
+                    class: FailureClass::Unsettled,
+                    reason: format!("delivered {} times (max_deliveries = {max}) without being settled; its consumers stopped while processing it", m.deliveries),
+                    plugin: None,
+                })
+            })
+            .collect();
+        let mut done = expired;
+        if !fresh.is_empty() {
+            let Some(outcomes) = run_chain(s, chain, fresh.clone()).await else {
+                return;
+            };
+            statuses.extend(ack::deliver(&fresh, outcomes, &s.sinks, max, stop).await);
+            done.extend(fresh);
+        }
+        settle(s, conn, &done, &statuses).await;
+    };
+    with_lease(lease_conn, p, consumer, &ids, work).await;
+}
+
+/// Runs `chain` over `batch` on a blocking thread (Wasm calls never block
+/// the async runtime). None if the host side panicked: the chain is rebuilt
+/// on the next batch and this one stays pending for redelivery.
+async fn run_chain(
+    s: &Shared,
+    chain: &mut Option<Chain>,
+    batch: Vec<Message>,
+) -> Option<Vec<crate::message::Outcome>> {
     let mut owned = chain.take().unwrap_or_else(|| Chain::new(&s.stages));
-    let joined = tokio::task::spawn_blocking(move || {
+    match tokio::task::spawn_blocking(move || {
         let outcomes = owned.process(&batch);
-        (owned, batch, outcomes)
+        (owned, outcomes)
     })
-    .await;
-    let (owned, batch, outcomes) = match joined {
-        Ok(done) => done,
+    .await
+    {
+        Ok((owned, outcomes)) => {
+            *chain = Some(owned);
+            Some(outcomes)
+        }
         Err(e) => {
-            // A panic in the host side of a call; the chain is rebuilt and
-            // the batch stays pending for redelivery.
             error!("processing panicked: {e}; the batch stays pending");
-            return;
+            None
+        }
+    }
+}
+
+/// Runs `work` while renewing the lease on `ids` (XCLAIM ... JUSTID to the
+/// same consumer resets their idle time) every third of claim_idle_ms, so
+/// no reclaimer takes work that is still alive, however slow.
+async fn with_lease(
+    mut conn: ConnectionManager,
+    p: &Pipeline,
+    consumer: &str,
+    ids: &[String],
+    work: impl Future<Output = ()>,
+) {
+    let every = Duration::from_millis((p.source.claim_idle_ms / 3).max(10));
+    let renew = async {
+        loop {
+            tokio::time::sleep(every).await;
+            let renewed: redis::RedisResult<redis::Value> = redis::cmd("XCLAIM")
+                .arg(p.stream())
+                .arg(p.group())
+                .arg(consumer)
+                .arg(0)
+                .arg(ids)
+                .arg("JUSTID")
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = renewed {
+                debug!("lease renewal failed: {e}");
+            }
         }
     };
-    *chain = Some(owned);
-    let statuses = ack::deliver(&batch, outcomes, &s.sinks, p.source.max_deliveries).await;
-    settle(s, conn, &batch, &statuses).await;
+    tokio::select! {
+        () = work => {}
+        () = renew => {}
+    }
+}
+
+/// Hands entries idle longer than claim_idle_ms (of dead consumers, or
+/// failed and left pending) to this process's consumers, round robin.
+/// XAUTOCLAIM counts the delivery, so redeliveries are counted in Redis.
+async fn reclaim(
+    s: Arc<Shared>,
+    feeds: Vec<(String, mpsc::Sender<Vec<Message>>)>,
+    mut conn: ConnectionManager,
+    cancel: CancellationToken,
+) {
+    let p = &s.pipeline;
+    let every = reclaim_interval(p.source.claim_idle_ms);
+    let mut next = 0;
+    let mut outage = Outage::new(&p.name);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let mut cursor = "0-0".to_string();
+        loop {
+            let (consumer, feed) = &feeds[next % feeds.len()];
+            next += 1;
+            let claimed = source::autoclaim(
+                &mut conn,
+                p.stream(),
+                p.group(),
+                consumer,
+                p.source.claim_idle_ms,
+                &cursor,
+                p.source.batch,
+            )
+            .await;
+            let (next_cursor, batch) = match claimed {
+                Ok(claimed) => {
+                    outage.recovered();
+                    claimed
+                }
+                Err(e) => {
+                    if conn::is_outage(&e) {
+                        outage.failed(&e, "reclaiming");
+                    } else {
+                        warn!(pipeline = %p.name, "XAUTOCLAIM failed: {e}");
+                    }
+                    break;
+                }
+            };
+            if !batch.deleted.is_empty() {
+                info!(pipeline = %p.name, ids = ?batch.deleted, "pending entries were deleted from the stream; Redis dropped them from the group");
+            }
+            if !batch.messages.is_empty() {
+                info!(pipeline = %p.name, to = %consumer, count = batch.messages.len(), "reclaimed idle entries");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    sent = feed.send(batch.messages) => if sent.is_err() { return },
+                }
+            }
+            cursor = next_cursor;
+            if cursor == "0-0" {
+                break;
+            }
+        }
+    }
+}
+
+/// How often the reclaimer looks: often enough that dead work waits little
+/// past claim_idle_ms, rarely enough to cost nothing.
+fn reclaim_interval(claim_idle_ms: u64) -> Duration {
+    Duration::from_millis((claim_idle_ms / 4).clamp(50, 5_000))
 }
 
 /// Dead-letters the rejected, then acks the delivered, dropped and
@@ -320,7 +467,7 @@ async fn settle_acks(conn: &mut ConnectionManager, p: &Pipeline, ids: &[&str]) {
 async fn retry_outage<F, Fut, T>(pipeline: &str, what: &str, mut op: F) -> redis::RedisResult<T>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    Fut: Future<Output = redis::RedisResult<T>>,
 {
     let deadline = Instant::now() + SETTLE_DEADLINE;
     let mut outage = Outage::new(pipeline);
@@ -335,64 +482,6 @@ where
                 tokio::time::sleep(outage.next_delay()).await;
             }
             Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Tracks one outage: logs its start once and its end once, and paces
-/// retries with exponential backoff and jitter.
-struct Outage {
-    pipeline: String,
-    since: Option<Instant>,
-    attempt: u32,
-}
-
-impl Outage {
-    fn new(pipeline: &str) -> Self {
-        Outage {
-            pipeline: pipeline.to_string(),
-            since: None,
-            attempt: 0,
-        }
-    }
-
-    /// Notes a failure; logs it if it starts an outage. Returns whether the
-    /// error was an outage (unreachable Redis) rather than a refusal.
-    fn failed(&mut self, e: &redis::RedisError, what: &str) -> bool {
-        let outage = conn::is_outage(e);
-        if self.since.is_none() {
-            self.since = Some(Instant::now());
-            warn!(pipeline = %self.pipeline, "Redis unavailable while {what}: {e}; retrying with backoff");
-        }
-        outage
-    }
-
-    fn recovered(&mut self) {
-        if let Some(since) = self.since.take() {
-            info!(pipeline = %self.pipeline, down_ms = since.elapsed().as_millis() as u64, "Redis reachable again");
-        }
-        self.attempt = 0;
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        self.attempt = self.attempt.saturating_add(1);
-        let base = Duration::from_millis(50)
-            .saturating_mul(1 << self.attempt.min(7))
-            .min(MAX_BACKOFF);
-        // Jitter (0-25%) keeps many consumers from reconnecting in lockstep.
-        let jitter = std::hash::BuildHasher::hash_one(
-            &std::collections::hash_map::RandomState::new(),
-            Instant::now(),
-        ) % 250;
-        base + base * jitter as u32 / 1000
-    }
-
-    /// Sleeps the next backoff; false if cancelled meanwhile.
-    async fn wait(&mut self, cancel: &CancellationToken) -> bool {
-        let delay = self.next_delay();
-        tokio::select! {
-            _ = cancel.cancelled() => false,
-            _ = tokio::time::sleep(delay) => true,
         }
     }
 }

@@ -195,10 +195,11 @@ impl StderrTail {
         let bytes: Vec<u8> = buf.iter().copied().collect();
         drop(buf);
         let text = String::from_utf8_lossy(&bytes);
+        // Skip Rust's "note: run with `RUST_BACKTRACE=1`" hint after a panic.
         let lines: Vec<&str> = text
             .lines()
             .map(str::trim)
-            .filter(|l| !l.is_empty())
+            .filter(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
             .collect();
         // Rust prints "panicked at src/lib.rs:1:2:" then the message on the next line.
         let msg = match lines.as_slice() {

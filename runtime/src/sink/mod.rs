@@ -29,9 +29,40 @@ impl Sink {
     }
 
     /// Writes `records` in order; one result per record.
-    pub async fn write(&self, records: &[&Record]) -> Vec<Result<(), String>> {
+    pub async fn write(&self, records: &[&Record]) -> Vec<Result<(), SinkError>> {
         match self {
             Sink::Stream(s) => s.write(records).await,
+        }
+    }
+}
+
+/// Why a write failed, and whether trying again soon can help.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SinkError {
+    /// The destination is unreachable (connection refused, dropped, timed
+    /// out): the write is retried with backoff and intake pauses meanwhile.
+    /// Otherwise the destination refused this record (e.g. WRONGTYPE) and
+    /// the message fails.
+    pub outage: bool,
+    /// What happened.
+    pub message: String,
+}
+
+impl SinkError {
+    /// The destination refused the record.
+    pub fn refused(message: impl Into<String>) -> Self {
+        SinkError {
+            outage: false,
+            message: message.into(),
+        }
+    }
+
+    /// From a Redis error on a write to `key`.
+    pub fn from_redis(key: &str, e: &redis::RedisError) -> Self {
+        SinkError {
+            outage: crate::conn::is_outage(e),
+            message: format!("write to {key}: {e}"),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Stream sink: pipelined XADD, one round trip per batch.
 
+use super::SinkError;
 use crate::conn;
 use crate::message::Record;
 use redis::aio::ConnectionManager;
@@ -43,7 +44,7 @@ impl StreamSink {
 
     /// Writes `records` with one pipelined round trip. A record with no
     /// fields cannot be an entry and is refused.
-    pub async fn write(&self, records: &[&Record]) -> Vec<Result<(), String>> {
+    pub async fn write(&self, records: &[&Record]) -> Vec<Result<(), SinkError>> {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         let mut sent = Vec::with_capacity(records.len());
@@ -58,7 +59,7 @@ impl StreamSink {
         let replies: Vec<redis::RedisResult<redis::Value>> = if sent.iter().any(|s| *s) {
             match pipe.query_async(&mut self.conn.clone()).await {
                 Ok(replies) => replies,
-                Err(e) => return vec![Err(format!("XADD to {}: {e}", self.stream)); records.len()],
+                Err(e) => return vec![Err(SinkError::from_redis(&self.stream, &e)); records.len()],
             }
         } else {
             Vec::new()
@@ -67,12 +68,17 @@ impl StreamSink {
         sent.into_iter()
             .map(|sent| {
                 if !sent {
-                    return Err("a record with no fields cannot be written to a stream".to_string());
+                    return Err(SinkError::refused(
+                        "a record with no fields cannot be written to a stream",
+                    ));
                 }
                 match replies.next() {
                     Some(Ok(_)) => Ok(()),
-                    Some(Err(e)) => Err(format!("XADD to {}: {e}", self.stream)),
-                    None => Err(format!("XADD to {}: no reply", self.stream)),
+                    Some(Err(e)) => Err(SinkError::from_redis(&self.stream, &e)),
+                    None => Err(SinkError::refused(format!(
+                        "XADD to {}: no reply",
+                        self.stream
+                    ))),
                 }
             })
             .collect()

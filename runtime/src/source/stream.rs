@@ -79,7 +79,14 @@ impl StreamReader {
             if batch.messages.is_empty() && batch.deleted.is_empty() {
                 self.own_pending = false;
             } else {
-                self.fill_deliveries(&mut batch.messages).await?;
+                fill_deliveries(
+                    &mut self.conn,
+                    &self.stream,
+                    &self.group,
+                    &self.consumer,
+                    &mut batch.messages,
+                )
+                .await?;
             }
         }
         Ok(batch)
@@ -90,29 +97,35 @@ impl StreamReader {
     pub fn reread_own_pending(&mut self) {
         self.own_pending = true;
     }
+}
 
-    /// Redelivered entries: take the delivery count Redis keeps (XPENDING),
-    /// and the first-delivery time from the entry id.
-    async fn fill_deliveries(&mut self, messages: &mut [Message]) -> RedisResult<()> {
-        let (Some(first), Some(last)) = (messages.first(), messages.last()) else {
-            return Ok(());
-        };
-        let rows: Vec<(String, String, u64, u32)> = redis::cmd("XPENDING")
-            .arg(&*self.stream)
-            .arg(&self.group)
-            .arg(&first.id)
-            .arg(&last.id)
-            .arg(messages.len())
-            .arg(&self.consumer)
-            .query_async(&mut self.conn)
-            .await?;
-        let counts: std::collections::HashMap<String, u32> =
-            rows.into_iter().map(|(id, _, _, n)| (id, n)).collect();
-        for m in messages {
-            m.deliveries = counts.get(&m.id).copied().unwrap_or(m.deliveries).max(1);
-        }
-        Ok(())
+/// Redelivered entries: take the delivery count Redis keeps (XPENDING).
+/// The range may hold other entries of the same consumer, hence the margin.
+async fn fill_deliveries(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    messages: &mut [Message],
+) -> RedisResult<()> {
+    let (Some(first), Some(last)) = (messages.first(), messages.last()) else {
+        return Ok(());
+    };
+    let rows: Vec<(String, String, u64, u32)> = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .arg(&first.id)
+        .arg(&last.id)
+        .arg(messages.len() * 4 + 100)
+        .arg(consumer)
+        .query_async(conn)
+        .await?;
+    let counts: std::collections::HashMap<String, u32> =
+        rows.into_iter().map(|(id, _, _, n)| (id, n)).collect();
+    for m in messages {
+        m.deliveries = counts.get(&m.id).copied().unwrap_or(m.deliveries).max(1);
     }
+    Ok(())
 }
 
 /// Parses an XREADGROUP / XRANGE-shaped reply for one stream.
@@ -214,6 +227,52 @@ pub async fn ensure_group(
         Err(e) if e.code() == Some("BUSYGROUP") => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// Claims up to `count` entries idle for at least `min_idle_ms` into
+/// `consumer`, scanning from `cursor`. Returns the next cursor (`0-0` when
+/// the scan is complete) and the entries, with their delivery counts.
+pub async fn autoclaim(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    min_idle_ms: u64,
+    cursor: &str,
+    count: u32,
+) -> RedisResult<(String, Batch)> {
+    let reply: Value = redis::cmd("XAUTOCLAIM")
+        .arg(stream)
+        .arg(group)
+        .arg(consumer)
+        .arg(min_idle_ms)
+        .arg(cursor)
+        .arg("COUNT")
+        .arg(count)
+        .query_async(conn)
+        .await?;
+    let Value::Array(parts) = reply else {
+        return Ok(("0-0".into(), Batch::default()));
+    };
+    let mut parts = parts.into_iter();
+    let next = parts.next().and_then(text).unwrap_or_else(|| "0-0".into());
+    let stream_key: Arc<str> = stream.into();
+    let mut batch = Batch::default();
+    if let Some(Value::Array(entries)) = parts.next() {
+        for entry in entries {
+            match parse_entry(entry, &stream_key) {
+                Entry::Message(m) => batch.messages.push(m),
+                Entry::Deleted(id) => batch.deleted.push(id),
+                Entry::Invalid => {}
+            }
+        }
+    }
+    // Redis 7 lists ids whose entries no longer exist (and drops them from the PEL).
+    if let Some(Value::Array(ids)) = parts.next() {
+        batch.deleted.extend(ids.into_iter().filter_map(text));
+    }
+    fill_deliveries(conn, stream, group, consumer, &mut batch.messages).await?;
+    Ok((next, batch))
 }
 
 /// Acknowledges `ids` in one XACK.
