@@ -1,0 +1,71 @@
+//! A test and diagnostic processor: each message says how to behave.
+
+use std::time::Duration;
+
+use sluice_sdk::{Config, Failure, Message, Outcome, Processor, Record};
+
+/// Stamped on every record as `plugin_version`, so tests can tell two builds
+/// apart: `SLUICE_PLUGIN_VERSION` at build time, default `1`.
+const VERSION: &str = match option_env!("SLUICE_PLUGIN_VERSION") {
+    Some(version) => version,
+    None => "1",
+};
+
+struct Faults {
+    /// The field naming the action: config `field`, default `action`.
+    field: String,
+    /// Slept once per batch: config `sleep_ms`, default 0.
+    sleep: Duration,
+}
+
+impl Processor for Faults {
+    fn init(config: Config) -> Result<Self, String> {
+        if config.get("fail_init") == Some("true") {
+            return Err("asked to fail init".to_owned());
+        }
+        let field = config.get_or("field", "action").to_owned();
+        let sleep = Duration::from_millis(config.parse_or("sleep_ms", 0)?);
+        Ok(Faults { field, sleep })
+    }
+
+    fn process_batch(&mut self, batch: Vec<Message>) -> Vec<Outcome> {
+        if !self.sleep.is_zero() {
+            std::thread::sleep(self.sleep);
+        }
+        batch.into_iter().map(|msg| self.process(msg)).collect()
+    }
+
+    fn process(&mut self, msg: Message) -> Result<Vec<Record>, Failure> {
+        let action = msg.get_str(&self.field).unwrap_or("ok").to_owned();
+        let record = msg.into_record().set("plugin_version", VERSION);
+        match action.as_str() {
+            "ok" => Ok(vec![record]),
+            "fail" => Err(Failure::retry("asked to fail")),
+            "poison" => Err(Failure::dead_letter("asked to dead-letter")),
+            "drop" => Err(Failure::drop("asked to drop")),
+            "trap" => panic!("asked to trap"),
+            "loop" => loop {
+                std::hint::spin_loop();
+            },
+            "oom" => {
+                let mut hoard = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            _ => match action.split_once(':') {
+                Some(("route", sink)) => Ok(vec![record.to(sink)]),
+                Some(("fanout", n)) => {
+                    let n: usize = n
+                        .parse()
+                        .map_err(|e| Failure::dead_letter(format!("fanout count `{n}`: {e}")))?;
+                    Ok(vec![record; n])
+                }
+                _ => Err(Failure::dead_letter(format!("unknown action `{action}`"))),
+            },
+        }
+    }
+}
+
+sluice_sdk::export_processor!(Faults);

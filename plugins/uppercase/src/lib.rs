@@ -1,0 +1,28 @@
+//! Uppercases one field of every message and passes the rest through.
+
+use sluice_sdk::{Config, Failure, Message, Processor, Record};
+
+struct Uppercase {
+    /// The field to uppercase: config `field`, default `payload`.
+    field: String,
+}
+
+impl Processor for Uppercase {
+    fn init(config: Config) -> Result<Self, String> {
+        let field = config.get_or("field", "payload").to_owned();
+        Ok(Uppercase { field })
+    }
+
+    fn process(&mut self, msg: Message) -> Result<Vec<Record>, Failure> {
+        let value = msg
+            .get(&self.field)
+            .ok_or_else(|| Failure::dead_letter(format!("missing field `{}`", self.field)))?;
+        let upper = match std::str::from_utf8(value) {
+            Ok(text) => text.to_uppercase().into_bytes(),
+            Err(_) => value.to_ascii_uppercase(),
+        };
+        Ok(vec![msg.into_record().set(&self.field, upper)])
+    }
+}
+
+sluice_sdk::export_processor!(Uppercase);

@@ -1,0 +1,336 @@
+//! Write Sluice stream processors in Rust.
+//!
+//! A processor is one function from a message to records: the runtime owns
+//! reading, acking, retrying, dead-lettering and routing. Implement
+//! [`Processor`] for a type, export it with [`export_processor!`], and build
+//! the crate as a `cdylib` for `wasm32-wasip2`.
+//!
+//! ```no_run
+//! use sluice_sdk::{Config, Failure, Message, Processor, Record};
+//!
+//! /// Tags every message with the configured team and routes errors.
+//! struct Tag {
+//!     team: String,
+//! }
+//!
+//! impl Processor for Tag {
+//!     fn init(config: Config) -> Result<Self, String> {
+//!         Ok(Tag { team: config.get_or("team", "core").to_owned() })
+//!     }
+//!
+//!     fn process(&mut self, msg: Message) -> Result<Vec<Record>, Failure> {
+//!         let Some(level) = msg.get_str("level") else {
+//!             return Err(Failure::dead_letter("missing field `level`"));
+//!         };
+//!         let sink = if level == "error" { "alerts" } else { "events" };
+//!         let record = msg.into_record().set("team", self.team.as_str());
+//!         Ok(vec![record.to(sink)])
+//!     }
+//! }
+//!
+//! sluice_sdk::export_processor!(Tag);
+//! ```
+//!
+//! ```toml
+//! # the plugin's Cargo.toml
+//! [lib]
+//! crate-type = ["cdylib"]
+//!
+//! [dependencies]
+//! sluice-sdk = { path = "../sluice/sdk" }
+//! ```
+//!
+//! ```sh
+//! cargo build --release --target wasm32-wasip2
+//! # -> target/wasm32-wasip2/release/<crate>.wasm, a component ready for a pipeline's `plugin = ...`
+//! ```
+//!
+//! # Map
+//!
+//! - [`Processor`] and [`export_processor!`]: what a plugin implements and how it is exported.
+//! - [`Config`]: the pipeline's `[processor.config]` table, handed to [`Processor::init`].
+//! - [`Message`] in, [`Record`]s out, or a [`Failure`] saying what to do with the message.
+//! - [`log`]: write to the runtime's log. [`kv`]: small state shared by the pipeline, kept in Redis.
+//!
+//! Data flow: the runtime calls the component's `process` with a batch; the
+//! SDK hands each message to [`Processor::process`] (through
+//! [`Processor::process_batch`]) and returns exactly one outcome per message,
+//! in order.
+
+#![deny(missing_docs)]
+
+mod config;
+mod failure;
+pub mod kv;
+pub mod log;
+mod message;
+mod record;
+
+pub use config::Config;
+pub use failure::{Failure, FailureKind};
+pub use message::Message;
+pub use record::Record;
+
+/// Bindings generated from `wit/sluice.wit`. Used by [`export_processor!`];
+/// not part of the SDK's API.
+#[doc(hidden)]
+#[allow(missing_docs)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "wit",
+        world: "processor",
+        pub_export_macro: true,
+        default_bindings_module: "sluice_sdk::bindings",
+    });
+}
+
+/// The result of processing one message: zero records (filtered), one (map),
+/// many (fan-out), or a failure.
+pub type Outcome = Result<Vec<Record>, Failure>;
+
+/// A stream processor: built once per instance from its config, then called
+/// for every message.
+///
+/// Wasm instances are single-threaded, so `process` takes `&mut self` and the
+/// processor may keep state between messages. That state is per instance:
+/// the runtime may run several instances and replace them at any time, so
+/// anything that must be shared or survive belongs in [`kv`].
+pub trait Processor: Sized + 'static {
+    /// Builds the processor from the pipeline's `[processor.config]` table.
+    ///
+    /// An error refuses the plugin: at startup the pipeline does not start;
+    /// on hot swap the old version keeps running.
+    fn init(config: Config) -> Result<Self, String>;
+
+    /// Processes one message: `Ok(vec![])` filters it out, one record maps it,
+    /// several fan it out; a [`Failure`] says whether to retry, dead-letter or
+    /// drop it.
+    ///
+    /// A panic traps the instance: the runtime replaces it and retries the
+    /// batch one message at a time, so only the message that panics fails.
+    fn process(&mut self, msg: Message) -> Result<Vec<Record>, Failure>;
+
+    /// Processes a whole batch. The default calls [`process`](Self::process)
+    /// for each message; override it to do work once per batch.
+    ///
+    /// Must return exactly one outcome per message, in order; otherwise every
+    /// message of the batch fails with [`FailureKind::Retry`].
+    fn process_batch(&mut self, batch: Vec<Message>) -> Vec<Outcome> {
+        batch.into_iter().map(|msg| self.process(msg)).collect()
+    }
+}
+
+/// Exports a [`Processor`] as the component's `init` and `process`.
+///
+/// Use it once per plugin crate, with the name of the processor type:
+///
+/// ```no_run
+/// use sluice_sdk::{Config, Failure, Message, Processor, Record};
+///
+/// struct Passthrough;
+///
+/// impl Processor for Passthrough {
+///     fn init(_config: Config) -> Result<Self, String> {
+///         Ok(Passthrough)
+///     }
+///
+///     fn process(&mut self, msg: Message) -> Result<Vec<Record>, Failure> {
+///         Ok(vec![msg.into_record()])
+///     }
+/// }
+///
+/// sluice_sdk::export_processor!(Passthrough);
+/// ```
+#[macro_export]
+macro_rules! export_processor {
+    ($processor:ident) => {
+        impl $crate::bindings::Guest for $processor {
+            fn init(
+                config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+            ) -> ::std::result::Result<(), ::std::string::String> {
+                $crate::__private::init::<$processor>(config)
+            }
+
+            fn process(
+                batch: ::std::vec::Vec<$crate::bindings::Message>,
+            ) -> ::std::vec::Vec<$crate::bindings::Outcome> {
+                $crate::__private::process::<$processor>(batch)
+            }
+        }
+
+        $crate::bindings::export!($processor with_types_in $crate::bindings);
+    };
+}
+
+/// The glue [`export_processor!`] expands to. Not part of the SDK's API.
+#[doc(hidden)]
+pub mod __private {
+    use std::any::Any;
+    use std::cell::RefCell;
+
+    use crate::bindings::sluice::processor::types as wit;
+    use crate::{Config, Failure, Message, Processor, Record};
+
+    thread_local! {
+        /// The instance's processor, set by a successful `init`. Wasm is
+        /// single-threaded, so this is the one processor of the component.
+        static PROCESSOR: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+    }
+
+    /// Builds `P` from the config and keeps it for `process`.
+    pub fn init<P: Processor>(config: Vec<(String, String)>) -> Result<(), String> {
+        PROCESSOR.with_borrow_mut(|slot| {
+            *slot = None;
+            *slot = Some(Box::new(P::init(Config::from(config))?));
+            Ok(())
+        })
+    }
+
+    /// Runs the batch through the processor built by `init`: one outcome per
+    /// message, in order.
+    pub fn process<P: Processor>(batch: Vec<wit::Message>) -> Vec<wit::Outcome> {
+        let len = batch.len();
+        PROCESSOR.with_borrow_mut(|slot| {
+            let Some(processor) = slot.as_mut().and_then(|p| p.downcast_mut::<P>()) else {
+                return fail_all(
+                    len,
+                    "processor is not initialized: init was not called or failed",
+                );
+            };
+            let outcomes = processor.process_batch(batch.into_iter().map(Message::from).collect());
+            if outcomes.len() != len {
+                let reason = format!(
+                    "process_batch returned {} outcomes for {len} messages",
+                    outcomes.len()
+                );
+                return fail_all(len, &reason);
+            }
+            outcomes
+                .into_iter()
+                .map(|outcome| match outcome {
+                    Ok(records) => Ok(records.into_iter().map(Record::into_output).collect()),
+                    Err(failure) => Err(failure.into_wit()),
+                })
+                .collect()
+        })
+    }
+
+    fn fail_all(len: usize, reason: &str) -> Vec<wit::Outcome> {
+        (0..len)
+            .map(|_| Err(Failure::retry(reason).into_wit()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::__private::{init, process};
+    use super::*;
+    use crate::bindings::sluice::processor::types as wit;
+
+    /// Filters `skip`, fails `bad`, fans `twice` out and maps the rest.
+    struct Echo {
+        tag: String,
+    }
+
+    impl Processor for Echo {
+        fn init(config: Config) -> Result<Self, String> {
+            let tag = config.require("tag")?.to_owned();
+            Ok(Echo { tag })
+        }
+
+        fn process(&mut self, msg: Message) -> Result<Vec<Record>, Failure> {
+            let record = msg.into_record().set("tag", self.tag.as_str());
+            match record.get_str("body") {
+                Some("skip") => Ok(vec![]),
+                Some("bad") => Err(Failure::dead_letter("bad body")),
+                Some("twice") => Ok(vec![record.clone(), record.to("other")]),
+                _ => Ok(vec![record]),
+            }
+        }
+    }
+
+    /// Returns one outcome too few.
+    struct Short;
+
+    impl Processor for Short {
+        fn init(_: Config) -> Result<Self, String> {
+            Ok(Short)
+        }
+
+        fn process(&mut self, _: Message) -> Result<Vec<Record>, Failure> {
+            Ok(vec![])
+        }
+
+        fn process_batch(&mut self, mut batch: Vec<Message>) -> Vec<Outcome> {
+            batch.pop();
+            batch.into_iter().map(|msg| self.process(msg)).collect()
+        }
+    }
+
+    fn message(body: &str) -> wit::Message {
+        let field = wit::Field {
+            name: "body".into(),
+            value: body.into(),
+        };
+        wit::Message {
+            id: "1-0".into(),
+            source: "in".into(),
+            fields: vec![field],
+            deliveries: 1,
+            first_delivery_ms: 1,
+        }
+    }
+
+    fn config(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn is_retry(outcome: &wit::Outcome) -> bool {
+        matches!(outcome, Err(f) if f.kind == FailureKind::Retry)
+    }
+
+    #[test]
+    fn one_outcome_per_message_in_order() {
+        init::<Echo>(config(&[("tag", "t")])).unwrap();
+        let batch = ["a", "skip", "bad", "twice"].map(message).to_vec();
+        let outcomes = process::<Echo>(batch);
+        assert_eq!(outcomes.len(), 4);
+
+        let first = outcomes[0].as_ref().unwrap();
+        let fields: Vec<_> = first[0].fields.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(fields, ["body", "tag"]);
+        assert!(outcomes[1].as_ref().unwrap().is_empty());
+        assert!(matches!(&outcomes[2], Err(f) if f.kind == FailureKind::DeadLetter));
+        let twice = outcomes[3].as_ref().unwrap();
+        assert_eq!(twice.len(), 2);
+        assert_eq!(twice[1].to.as_deref(), Some("other"));
+    }
+
+    #[test]
+    fn retries_everything_until_init_succeeds() {
+        assert!(
+            process::<Echo>(vec![message("a"), message("b")])
+                .iter()
+                .all(is_retry)
+        );
+
+        let err = init::<Echo>(config(&[])).unwrap_err();
+        assert_eq!(err, "missing config key `tag`");
+        assert!(process::<Echo>(vec![message("a")]).iter().all(is_retry));
+
+        init::<Echo>(config(&[("tag", "t")])).unwrap();
+        assert!(process::<Echo>(vec![message("a")])[0].is_ok());
+    }
+
+    #[test]
+    fn a_short_batch_result_retries_every_message() {
+        init::<Short>(config(&[])).unwrap();
+        let outcomes = process::<Short>(vec![message("a"), message("b")]);
+        assert_eq!(outcomes.len(), 2);
+        assert!(outcomes.iter().all(is_retry));
+    }
+}
