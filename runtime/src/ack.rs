@@ -30,6 +30,69 @@ pub enum Status {
     Rejected(Failure),
 }
 
+/// A batch's records sorted by sink, and the failures known so far.
+pub struct Routed {
+    /// Per sink (in [`Sinks`] order): (message index, record), in batch order.
+    pub per_sink: Vec<Vec<(usize, Record)>>,
+    failures: Vec<Option<Failure>>,
+    dropped: Vec<Option<Failure>>,
+}
+
+impl Routed {
+    /// Sorts the records of `outcomes` (one per message) by destination. A
+    /// record naming an unknown sink fails its whole message.
+    pub fn new(outcomes: Vec<Outcome>, sinks: &Sinks) -> Self {
+        let n = outcomes.len();
+        let mut routed = Routed {
+            per_sink: vec![Vec::new(); sinks.sinks.len()],
+            failures: vec![None; n],
+            dropped: vec![None; n],
+        };
+        for (i, outcome) in outcomes.into_iter().enumerate() {
+            match outcome {
+                Err(f) if f.kind == FailureKind::Drop => routed.dropped[i] = Some(f),
+                Err(f) => routed.failures[i] = Some(f),
+                Ok(records) => {
+                    let mut targets = Vec::with_capacity(records.len());
+                    for record in records {
+                        match sinks.route(record.to.as_deref()) {
+                            Ok(to) => targets.extend(to.map(|t| (t, record.clone()))),
+                            Err(why) => {
+                                routed.failures[i] = Some(Failure::retry(FailureClass::Route, why));
+                                break;
+                            }
+                        }
+                    }
+                    if routed.failures[i].is_none() {
+                        for (t, record) in targets {
+                            routed.per_sink[t].push((i, record));
+                        }
+                    }
+                }
+            }
+        }
+        routed
+    }
+
+    /// Fails message `i` (the first failure of a message is the one kept).
+    pub fn fail(&mut self, i: usize, failure: Failure) {
+        self.failures[i].get_or_insert(failure);
+    }
+
+    /// Each message's status, given the failures recorded.
+    pub fn statuses(self, batch: &[Message], max_deliveries: u32) -> Vec<Status> {
+        batch
+            .iter()
+            .zip(self.failures.into_iter().zip(self.dropped))
+            .map(|(msg, (failure, dropped))| match (failure, dropped) {
+                (Some(f), _) => classify(msg, f, max_deliveries),
+                (None, Some(d)) => Status::Dropped(d),
+                (None, None) => Status::Delivered,
+            })
+            .collect()
+    }
+}
+
 /// Routes and writes the records of `outcomes` (one per message of `batch`)
 /// and returns each message's status. Writes go out per sink in one
 /// pipelined round trip, in batch order. While a sink is unreachable its
@@ -43,61 +106,30 @@ pub async fn deliver(
     max_deliveries: u32,
     stop: &CancellationToken,
 ) -> Vec<Status> {
-    let mut failures: Vec<Option<Failure>> = vec![None; batch.len()];
-    let mut dropped: Vec<Option<Failure>> = vec![None; batch.len()];
-    // Per sink: (message index, record).
-    let mut per_sink: Vec<Vec<(usize, Record)>> = vec![Vec::new(); sinks.sinks.len()];
-    for (i, outcome) in outcomes.into_iter().enumerate() {
-        match outcome {
-            Err(f) if f.kind == FailureKind::Drop => dropped[i] = Some(f),
-            Err(f) => failures[i] = Some(f),
-            Ok(records) => {
-                let mut routed = Vec::with_capacity(records.len());
-                for record in records {
-                    match sinks.route(record.to.as_deref()) {
-                        Ok(targets) => routed.extend(targets.map(|t| (t, record.clone()))),
-                        Err(why) => {
-                            failures[i] = Some(Failure::retry(FailureClass::Route, why));
-                            break;
-                        }
-                    }
-                }
-                if failures[i].is_none() {
-                    for (t, record) in routed {
-                        per_sink[t].push((i, record));
-                    }
-                }
-            }
-        }
-    }
+    let mut routed = Routed::new(outcomes, sinks);
     // Sinks are independent: write to all at once; within a sink, in batch order.
-    let writes = per_sink
+    let writes = routed
+        .per_sink
         .iter()
         .zip(&sinks.sinks)
         .zip(&sinks.names)
         .map(|((items, sink), name)| write_through_outages(sink, name, items, stop));
     let results = futures::future::join_all(writes).await;
-    for ((items, results), name) in per_sink.iter().zip(results).zip(&sinks.names) {
+    let mut failed = Vec::new();
+    for ((items, results), name) in routed.per_sink.iter().zip(results).zip(&sinks.names) {
         for ((i, _), result) in items.iter().zip(results) {
-            if let Err(why) = result
-                && failures[*i].is_none()
-            {
-                failures[*i] = Some(Failure::retry(
-                    FailureClass::Sink,
-                    format!("sink `{name}`: {why}"),
+            if let Err(why) = result {
+                failed.push((
+                    *i,
+                    Failure::retry(FailureClass::Sink, format!("sink `{name}`: {why}")),
                 ));
             }
         }
     }
-    batch
-        .iter()
-        .zip(failures.into_iter().zip(dropped))
-        .map(|(msg, (failure, dropped))| match (failure, dropped) {
-            (Some(f), _) => classify(msg, f, max_deliveries),
-            (None, Some(d)) => Status::Dropped(d),
-            (None, None) => Status::Delivered,
-        })
-        .collect()
+    for (i, failure) in failed {
+        routed.fail(i, failure);
+    }
+    routed.statuses(batch, max_deliveries)
 }
 
 /// Writes `items` to `sink`, retrying the records that failed because the

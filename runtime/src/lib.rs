@@ -11,6 +11,7 @@
 //! plugin      the only module that knows wasmtime: compile, instances, limits
 //! sink        where records go (pipelined writes), routing by `to`
 //! ack         delivery status per message decides ack, retry or dead letter
+//! atomic      `atomic = true`: output, dead letters and XACK in one script
 //! message     the message model shared by all of the above
 //! conn        Redis connections with timeouts that fit their use
 //! embedded    `--redis embedded`: a private redis-server
@@ -25,6 +26,7 @@
 #![warn(missing_docs)]
 
 pub mod ack;
+pub mod atomic;
 pub mod config;
 pub mod conn;
 pub mod embedded;

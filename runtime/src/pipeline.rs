@@ -9,10 +9,11 @@
 //!     (leases renewed with XCLAIM JUSTID while the batch is alive)
 //! ```
 
-use crate::ack::{self, Status};
+use crate::ack::{self, Routed, Status};
+use crate::atomic;
 use crate::config::{Pipeline, plugin_config};
 use crate::conn::{self, Outage};
-use crate::message::{Failure, FailureClass, FailureKind, Message};
+use crate::message::{Failure, FailureClass, FailureKind, Message, Record};
 use crate::plugin::{Chain, Engine, Stage, StageSettings};
 use crate::sink::Sinks;
 use crate::source::stream::{self as source, Batch, StreamReader};
@@ -255,20 +256,44 @@ async fn process_batch(
                 Status::Rejected(Failure {
                     kind: FailureKind::DeadLetter,
                     class: FailureClass::Unsettled,
-                    reason: format!("delivered {} times (max_deliveries = {max}) without being settled; its consumers stopped while processing it", m.deliveries),
+                    reason: format!(
+                        "delivered {} times (max_deliveries = {max}) with no outcome recorded: its consumers stopped, or could not settle it",
+                        m.deliveries
+                    ),
                     plugin: None,
                 })
             })
             .collect();
         let mut done = expired;
-        if !fresh.is_empty() {
-            let Some(outcomes) = run_chain(s, chain, fresh.clone()).await else {
-                return;
-            };
+        if fresh.is_empty() {
+            return settle(s, conn, &done, &statuses).await;
+        }
+        let Some(outcomes) = run_chain(s, chain, fresh.clone()).await else {
+            return;
+        };
+        if !p.atomic {
             statuses.extend(ack::deliver(&fresh, outcomes, &s.sinks, max, stop).await);
             done.extend(fresh);
+            return settle(s, conn, &done, &statuses).await;
         }
-        settle(s, conn, &done, &statuses).await;
+        let mut routed = Routed::new(outcomes, &s.sinks);
+        let per_sink = std::mem::take(&mut routed.per_sink);
+        let mut records: Vec<Vec<(usize, &Record)>> = vec![Vec::new(); done.len()];
+        records.extend(atomic::records_by_message(&per_sink, fresh.len()));
+        for (i, recs) in records.iter().skip(done.len()).enumerate() {
+            if recs.iter().any(|(_, r)| r.fields.is_empty()) {
+                routed.fail(
+                    i,
+                    Failure::retry(
+                        FailureClass::Sink,
+                        "a record with no fields cannot be written to a stream",
+                    ),
+                );
+            }
+        }
+        statuses.extend(routed.statuses(&fresh, max));
+        done.extend(fresh);
+        settle_atomic(s, conn, consumer, &done, &statuses, &records, true).await;
     };
     with_lease(lease_conn, p, consumer, &ids, work).await;
 }
@@ -403,6 +428,111 @@ fn reclaim_interval(claim_idle_ms: u64) -> Duration {
     Duration::from_millis((claim_idle_ms / 4).clamp(50, 5_000))
 }
 
+/// Atomic mode: outputs, dead letters and XACK of the whole batch in one
+/// script (see [`atomic`]). Errored messages are left pending.
+async fn settle_atomic(
+    s: &Shared,
+    conn: &mut ConnectionManager,
+    consumer: &str,
+    batch: &[Message],
+    statuses: &[Status],
+    records: &[Vec<(usize, &Record)>],
+    retry_refused: bool,
+) {
+    let p = &s.pipeline;
+    let dead: Vec<Option<Vec<crate::message::Field>>> = batch
+        .iter()
+        .zip(statuses)
+        .map(|(msg, status)| match status {
+            Status::Rejected(f) => Some(ack::dead_letter_fields(msg, f, p.group(), &p.name)),
+            _ => None,
+        })
+        .collect();
+    let mut entries = Vec::with_capacity(batch.len());
+    for (i, (msg, status)) in batch.iter().zip(statuses).enumerate() {
+        log_status(p, msg, status);
+        let writes = match (status, &dead[i]) {
+            (Status::Errored(_), _) => continue,
+            (Status::Rejected(_), Some(fields)) => vec![atomic::Write {
+                stream: p.dead_letter(),
+                maxlen: None,
+                fields,
+            }],
+            (Status::Delivered, _) => records[i]
+                .iter()
+                .map(|(sink, r)| {
+                    let crate::sink::Sink::Stream(sink) = &s.sinks.sinks[*sink];
+                    atomic::Write {
+                        stream: sink.stream(),
+                        maxlen: sink.maxlen(),
+                        fields: &r.fields,
+                    }
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        entries.push(atomic::Entry {
+            id: &msg.id,
+            writes,
+        });
+    }
+    let committed = retry_outage(&p.name, "committing", || {
+        let mut c = conn.clone();
+        let entries = &entries;
+        async move { atomic::commit(&mut c, p.stream(), p.group(), consumer, entries).await }
+    })
+    .await;
+    match committed {
+        Ok(results) => {
+            for (entry, result) in entries.iter().zip(results) {
+                if let atomic::Committed::Skipped(why) = result {
+                    debug!(id = %entry.id, "not committed: {why}");
+                }
+            }
+        }
+        Err(e) if conn::is_outage(&e) || !retry_refused => {
+            error!(
+                count = entries.len(),
+                "atomic commit failed, nothing written: {e}; the batch stays pending"
+            )
+        }
+        Err(e) => {
+            // A destination refused the commit (e.g. a sink key of the wrong
+            // type): the written messages failed at the sink. Commit what can
+            // be (dead letters, drops) without them.
+            warn!(count = entries.len(), "atomic commit refused: {e}");
+            let failure = Failure::retry(FailureClass::Sink, format!("atomic commit refused: {e}"));
+            let statuses: Vec<Status> = batch
+                .iter()
+                .zip(statuses)
+                .map(|(msg, status)| match status {
+                    Status::Delivered => {
+                        ack::classify(msg, failure.clone(), p.source.max_deliveries)
+                    }
+                    other => other.clone(),
+                })
+                .collect();
+            Box::pin(settle_atomic(
+                s, conn, consumer, batch, &statuses, records, false,
+            ))
+            .await;
+        }
+    }
+}
+
+fn log_status(p: &Pipeline, msg: &Message, status: &Status) {
+    match status {
+        Status::Delivered => {}
+        Status::Dropped(f) => debug!(id = %msg.id, "dropped: {f}"),
+        Status::Errored(f) => {
+            warn!(id = %msg.id, deliveries = msg.deliveries, "failed, will retry: {f}")
+        }
+        Status::Rejected(f) => {
+            warn!(id = %msg.id, deliveries = msg.deliveries, dead_letter = %p.dead_letter(), "dead-lettered: {f}")
+        }
+    }
+}
+
 /// Dead-letters the rejected, then acks the delivered, dropped and
 /// dead-lettered in one XACK. Errored messages are logged and left pending.
 async fn settle(s: &Shared, conn: &mut ConnectionManager, batch: &[Message], statuses: &[Status]) {
@@ -411,17 +541,11 @@ async fn settle(s: &Shared, conn: &mut ConnectionManager, batch: &[Message], sta
     let mut dead = redis::pipe();
     let mut dead_ids = Vec::new();
     for (msg, status) in batch.iter().zip(statuses) {
+        log_status(p, msg, status);
         match status {
-            Status::Delivered => ack_ids.push(&msg.id),
-            Status::Dropped(f) => {
-                debug!(id = %msg.id, "dropped: {f}");
-                ack_ids.push(&msg.id);
-            }
-            Status::Errored(f) => {
-                warn!(id = %msg.id, deliveries = msg.deliveries, "failed, will retry: {f}")
-            }
+            Status::Delivered | Status::Dropped(_) => ack_ids.push(&msg.id),
+            Status::Errored(_) => {}
             Status::Rejected(f) => {
-                warn!(id = %msg.id, deliveries = msg.deliveries, dead_letter = %p.dead_letter(), "dead-lettered: {f}");
                 let cmd = dead.cmd("XADD").arg(p.dead_letter()).arg("*");
                 for (k, v) in ack::dead_letter_fields(msg, f, p.group(), &p.name) {
                     cmd.arg(k).arg(v);

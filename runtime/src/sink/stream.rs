@@ -29,6 +29,11 @@ impl StreamSink {
         &self.stream
     }
 
+    /// The approximate length cap, if any.
+    pub fn maxlen(&self) -> Option<u64> {
+        self.maxlen
+    }
+
     /// Adds the XADD for `record` to `pipe` (shared with atomic mode, which
     /// wraps the same commands and the XACK in MULTI/EXEC).
     pub fn add_xadd(&self, pipe: &mut redis::Pipeline, record: &Record) {
