@@ -15,6 +15,7 @@
 //! message     the message model shared by all of the above
 //! conn        Redis connections with timeouts that fit their use
 //! embedded    `--redis embedded`: a private redis-server
+//! dlq         `sluice dlq`: list, replay and purge dead letters
 //! ```
 //!
 //! Data flow for one batch:
@@ -29,6 +30,7 @@ pub mod ack;
 pub mod atomic;
 pub mod config;
 pub mod conn;
+pub mod dlq;
 pub mod embedded;
 pub mod message;
 pub mod pipeline;

@@ -41,6 +41,43 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Inspect, replay or purge a dead-letter stream.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+        /// Redis URL. Default: $SLUICE_REDIS_URL, then redis://127.0.0.1:6379.
+        #[arg(long, global = true, value_name = "URL")]
+        redis: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// Print dead letters, oldest first: what failed, why, and the original fields.
+    List {
+        /// The dead-letter stream (a pipeline's `dead_letter`, default `<stream>:dead`).
+        stream: String,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+    },
+    /// Put dead letters back on their source stream for processing; each is
+    /// removed from the dead-letter stream only after its re-add succeeded.
+    Replay {
+        /// The dead-letter stream.
+        stream: String,
+        /// Write to this stream instead of the one each entry came from.
+        #[arg(long, value_name = "STREAM")]
+        to: Option<String>,
+        /// Replay only these entries (dead-letter entry ids).
+        #[arg(long, num_args = 1..)]
+        ids: Vec<String>,
+    },
+    /// Delete every entry of the dead-letter stream.
+    Purge {
+        /// The dead-letter stream.
+        stream: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -60,6 +97,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { paths, redis } => run(paths, redis).await,
             Command::Validate { paths } => validate(paths).await,
+            Command::Dlq { action, redis } => dlq(action, redis).await,
         }
     });
     match result {
@@ -95,7 +133,7 @@ async fn run(paths: Vec<PathBuf>, redis: Option<String>) -> Result<ExitCode> {
             url
         }
         Some(url) => url.to_string(),
-        None => std::env::var("SLUICE_REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS_URL.to_string()),
+        None => default_redis_url(None),
     };
     let ctx = Context {
         engine: Engine::new()?,
@@ -145,4 +183,37 @@ async fn validate(paths: Vec<PathBuf>) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `--redis`, else $SLUICE_REDIS_URL, else the local default.
+fn default_redis_url(flag: Option<String>) -> String {
+    flag.or_else(|| std::env::var("SLUICE_REDIS_URL").ok())
+        .unwrap_or_else(|| DEFAULT_REDIS_URL.to_string())
+}
+
+async fn dlq(action: DlqAction, redis: Option<String>) -> Result<ExitCode> {
+    let url = default_redis_url(redis);
+    let client = sluice::conn::client(&url)?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("cannot reach Redis at {}: {e}", sluice::conn::redact(&url))
+        })?;
+    match action {
+        DlqAction::List { stream, count } => {
+            let n =
+                sluice::dlq::list(&mut conn, &stream, count, &mut std::io::stdout().lock()).await?;
+            eprintln!("{n} dead letters shown from {stream}");
+        }
+        DlqAction::Replay { stream, to, ids } => {
+            let n = sluice::dlq::replay(&mut conn, &stream, to.as_deref(), &ids).await?;
+            println!("replayed {n} dead letters from {stream}");
+        }
+        DlqAction::Purge { stream } => {
+            let n = sluice::dlq::purge(&mut conn, &stream).await?;
+            println!("purged {n} dead letters from {stream}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -153,6 +153,21 @@ fn parse_read(reply: Value, stream: &Arc<str>) -> Batch {
     batch
 }
 
+/// Parses an XRANGE reply (an array of entries), keeping field order.
+pub fn parse_range(reply: Value, stream: &str) -> Vec<Message> {
+    let stream: Arc<str> = stream.into();
+    let Value::Array(entries) = reply else {
+        return Vec::new();
+    };
+    entries
+        .into_iter()
+        .filter_map(|e| match parse_entry(e, &stream) {
+            Entry::Message(m) => Some(m),
+            Entry::Deleted(_) | Entry::Invalid => None,
+        })
+        .collect()
+}
+
 enum Entry {
     Message(Message),
     Deleted(String),
