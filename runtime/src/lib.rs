@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! config      parse + validate pipeline files (errors name file, line, key)
-//! supervisor  loads pipelines, runs them, drains them on shutdown
+//! supervisor  loads pipelines, runs them, applies edits (diff, build new, swap), drains
+//! watch       debounced file watching for pipeline files and plugins
 //! pipeline    per pipeline: N consumers, each read -> process -> deliver -> settle
 //! source      stream: XREADGROUP (own pending first), group creation, XACK
 //! plugin      the only module that knows wasmtime: compile, instances, limits
@@ -38,3 +39,4 @@ pub mod plugin;
 pub mod sink;
 pub mod source;
 pub mod supervisor;
+pub mod watch;

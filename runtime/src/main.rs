@@ -34,6 +34,10 @@ enum Command {
         /// Default: $SLUICE_REDIS_URL, then redis://127.0.0.1:6379.
         #[arg(long, value_name = "URL|embedded")]
         redis: Option<String>,
+        /// Do not watch the files: edits to pipelines and plugins take
+        /// effect only on restart.
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Check pipeline files (and compile their plugins) without running them.
     Validate {
@@ -95,7 +99,11 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { paths, redis } => run(paths, redis).await,
+            Command::Run {
+                paths,
+                redis,
+                no_watch,
+            } => run(paths, redis, !no_watch).await,
             Command::Validate { paths } => validate(paths).await,
             Command::Dlq { action, redis } => dlq(action, redis).await,
         }
@@ -121,7 +129,7 @@ fn init_logging() {
         .init();
 }
 
-async fn run(paths: Vec<PathBuf>, redis: Option<String>) -> Result<ExitCode> {
+async fn run(paths: Vec<PathBuf>, redis: Option<String>, watch: bool) -> Result<ExitCode> {
     let mut embedded = None;
     let default_url = match redis.as_deref() {
         Some("embedded") => {
@@ -136,12 +144,12 @@ async fn run(paths: Vec<PathBuf>, redis: Option<String>) -> Result<ExitCode> {
         None => default_redis_url(None),
     };
     let ctx = Context {
-        engine: Engine::new()?,
+        engine: Engine::new(sluice::plugin::default_cache_dir())?,
         default_url,
     };
     let cancel = CancellationToken::new();
     tokio::spawn(on_signal(cancel.clone()));
-    let result = supervisor::run(paths, ctx, cancel).await;
+    let result = supervisor::run(paths, ctx, cancel, watch).await;
     if let Some(server) = embedded {
         server.stop().await;
     }
@@ -169,7 +177,7 @@ async fn on_signal(cancel: CancellationToken) {
 }
 
 async fn validate(paths: Vec<PathBuf>) -> Result<ExitCode> {
-    let engine = Engine::new()?;
+    let engine = Engine::new(sluice::plugin::default_cache_dir())?;
     let (valid, errors) =
         tokio::task::spawn_blocking(move || supervisor::load_all(&paths, &engine)).await??;
     for p in &valid {

@@ -82,7 +82,7 @@ pub async fn build(pipeline: Pipeline, ctx: &Context) -> Result<Built> {
         info!(
             pipeline = %name,
             plugin = %p.plugin.display(),
-            hash = %stage.plugin.load().short_hash(),
+            hash = %stage.current().plugin.short_hash(),
             ms = started.elapsed().as_millis() as u64,
             "plugin loaded"
         );
@@ -100,6 +100,11 @@ pub async fn build(pipeline: Pipeline, ctx: &Context) -> Result<Built> {
 }
 
 impl Built {
+    /// The pipeline's processors, for swapping plugin versions while it runs.
+    pub fn stages(&self) -> Vec<Arc<Stage>> {
+        self.shared.stages.clone()
+    }
+
     /// Runs until `cancel`, then lets every consumer finish its batch.
     pub async fn run(self, cancel: CancellationToken) -> Result<()> {
         let s = &self.shared;

@@ -1,14 +1,28 @@
-//! Owns the running pipelines: loads and validates their files, builds them,
-//! runs them until shutdown, and drains them within a deadline.
+//! Owns the running pipelines: loads and validates their files, runs them,
+//! applies edits while they run, and drains them on shutdown.
+//!
+//! Edits are applied per file, building the new before stopping the old:
+//! - a new valid file starts its pipeline;
+//! - a deleted file drains and stops its pipeline;
+//! - a changed file whose only change is `[processor.config]` re-inits the
+//!   plugins in place; any other change builds the new pipeline, then drains
+//!   the old one and starts the new;
+//! - an invalid edit is reported and the last good version keeps running;
+//! - a changed plugin file is compiled off the async threads, initialised,
+//!   and swapped in between batches ([`crate::plugin::Stage::swap`]).
+//!
+//! Other pipelines never pause for any of this.
 
 use crate::config::{self, ConfigError, Pipeline};
 use crate::pipeline::{self, Context};
+use crate::plugin::{Engine, Stage, Version};
+use crate::watch::{self, Watcher};
 use anyhow::{Result, bail};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 /// How long shutdown waits for pipelines to finish their in-flight batches.
@@ -16,21 +30,8 @@ pub const DRAIN_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Loads and validates the pipeline files under `paths` (plugins compiled
 /// and link-checked). Returns the valid pipelines and the errors of the rest.
-pub fn load_all(
-    paths: &[PathBuf],
-    engine: &crate::plugin::Engine,
-) -> Result<(Vec<Pipeline>, Vec<ConfigError>)> {
+pub fn load_all(paths: &[PathBuf], engine: &Engine) -> Result<(Vec<Pipeline>, Vec<ConfigError>)> {
     let files = config::pipeline_files(paths)?;
-    if files.is_empty() {
-        bail!(
-            "no pipeline files (*.toml) in {}",
-            paths
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
     let check = |path: &Path| engine.load(path).map(drop).map_err(|e| format!("{e:#}"));
     let mut valid: Vec<Pipeline> = Vec::new();
     let mut errors = Vec::new();
@@ -61,53 +62,311 @@ pub fn load_all(
     Ok((valid, errors))
 }
 
-/// Runs every valid pipeline under `paths` until `cancel`, then drains.
-/// Invalid files are reported and not started; if none is valid, fails.
-pub async fn run(paths: Vec<PathBuf>, ctx: Context, cancel: CancellationToken) -> Result<()> {
-    let engine = ctx.engine.clone();
-    let (pipelines, errors) =
-        tokio::task::spawn_blocking(move || load_all(&paths, &engine)).await??;
-    for e in &errors {
-        error!("invalid pipeline file, not started: {e}");
-    }
-    if pipelines.is_empty() {
-        bail!("no valid pipeline to run");
-    }
-    let tracker = TaskTracker::new();
-    let mut started = 0;
-    for p in pipelines {
-        let name = p.name.clone();
-        match pipeline::build(p, &ctx).await {
-            Ok(built) => {
-                started += 1;
-                let cancel = cancel.clone();
-                tracker.spawn(async move {
-                    if let Err(e) = built.run(cancel).await {
-                        error!(pipeline = %name, "pipeline failed: {e:#}");
-                    }
-                });
-            }
-            Err(e) => error!(pipeline = %name, "pipeline not started: {e:#}"),
+/// A pipeline that is running.
+struct Running {
+    pipeline: Pipeline,
+    stages: Vec<Arc<Stage>>,
+    stop: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Asks it to stop and waits until its in-flight batches are settled.
+    async fn drain(self) {
+        self.stop.cancel();
+        if let Err(e) = self.done.await {
+            error!(pipeline = %self.pipeline.name, "pipeline task failed: {e}");
         }
     }
-    tracker.close();
-    if started == 0 {
-        bail!("no pipeline could be started");
+}
+
+struct Supervisor {
+    paths: Vec<PathBuf>,
+    ctx: Context,
+    /// By pipeline file (normalized path).
+    running: HashMap<PathBuf, Running>,
+}
+
+/// Runs every valid pipeline under `paths` until `cancel`, then drains.
+/// With `watch`, applies edits to pipeline files and plugins as they happen.
+/// Fails if no pipeline is valid at start.
+pub async fn run(
+    paths: Vec<PathBuf>,
+    ctx: Context,
+    cancel: CancellationToken,
+    watch: bool,
+) -> Result<()> {
+    let mut sup = Supervisor {
+        paths,
+        ctx,
+        running: HashMap::new(),
+    };
+    sup.reload_pipelines().await?;
+    if sup.running.is_empty() {
+        bail!("no valid pipeline to run");
     }
-    cancel.cancelled().await;
+    let mut watcher = if watch { Some(Watcher::new()?) } else { None };
+    sup.watch(watcher.as_mut());
+    loop {
+        let changed = tokio::select! {
+            _ = cancel.cancelled() => break,
+            changed = next_change(watcher.as_mut()) => changed,
+        };
+        sup.swap_plugins(&changed).await;
+        if changed
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "toml"))
+        {
+            if let Err(e) = sup.reload_pipelines().await {
+                error!("cannot reload pipelines: {e:#}");
+            }
+            sup.watch(watcher.as_mut());
+        }
+    }
     info!(
-        pipelines = started,
+        pipelines = sup.running.len(),
         "shutting down: finishing in-flight batches"
     );
-    if tokio::time::timeout(DRAIN_DEADLINE, tracker.wait())
-        .await
-        .is_err()
-    {
+    let names: Vec<String> = sup
+        .running
+        .values()
+        .map(|r| r.pipeline.name.clone())
+        .collect();
+    let drains = futures::future::join_all(sup.running.into_values().map(Running::drain));
+    if tokio::time::timeout(DRAIN_DEADLINE, drains).await.is_err() {
         warn!(
-            still_running = tracker.len(),
+            pipelines = ?names,
             "drain deadline of {}s passed; exiting with their batches pending (they will be redelivered)",
             DRAIN_DEADLINE.as_secs()
         );
+    }
+    Ok(())
+}
+
+async fn next_change(watcher: Option<&mut Watcher>) -> HashSet<PathBuf> {
+    match watcher {
+        Some(w) => w.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Supervisor {
+    /// Watches the pipeline paths and every running plugin's folder.
+    fn watch(&self, watcher: Option<&mut Watcher>) {
+        let Some(watcher) = watcher else { return };
+        let plugins = self
+            .running
+            .values()
+            .flat_map(|r| r.pipeline.processors.iter().map(|p| p.plugin.clone()));
+        for path in self.paths.iter().cloned().chain(plugins) {
+            if let Err(e) = watcher.watch(&path) {
+                warn!(path = %path.display(), "cannot watch for changes: {e}");
+            }
+        }
+    }
+
+    /// Loads every pipeline file and brings the running set in line with it.
+    async fn reload_pipelines(&mut self) -> Result<()> {
+        let (paths, engine) = (self.paths.clone(), self.ctx.engine.clone());
+        let files = config::pipeline_files(&paths)?;
+        let (valid, errors) =
+            tokio::task::spawn_blocking(move || load_all(&paths, &engine)).await??;
+        let invalid: HashSet<PathBuf> = errors.iter().map(|e| watch::normalize(&e.file)).collect();
+        for e in &errors {
+            let file = watch::normalize(&e.file);
+            if self.running.contains_key(&file) {
+                error!("invalid edit, keeping the running version: {e}");
+            } else {
+                error!("invalid pipeline file, not started: {e}");
+            }
+        }
+        let present: HashSet<PathBuf> = files.iter().map(|f| watch::normalize(f)).collect();
+        let gone: Vec<PathBuf> = self
+            .running
+            .keys()
+            .filter(|f| !present.contains(*f))
+            .cloned()
+            .collect();
+        for file in gone {
+            let running = self.running.remove(&file).expect("listed above");
+            info!(pipeline = %running.pipeline.name, file = %file.display(), "pipeline file removed: draining and stopping");
+            running.drain().await;
+            metrics::counter!("sluice_pipeline_reloads_total", "result" => "removed").increment(1);
+        }
+        for pipeline in valid {
+            let file = watch::normalize(&pipeline.file);
+            if invalid.contains(&file) {
+                continue;
+            }
+            self.apply(file, pipeline).await;
+        }
+        Ok(())
+    }
+
+    /// Starts, restarts or re-inits the pipeline of `file`, as its change needs.
+    async fn apply(&mut self, file: PathBuf, pipeline: Pipeline) {
+        let name = pipeline.name.clone();
+        let Some(old) = self.running.get(&file) else {
+            if let Some(running) = self.start(pipeline).await {
+                self.running.insert(file, running);
+            }
+            return;
+        };
+        if old.pipeline == pipeline {
+            return;
+        }
+        if only_plugin_config_changed(&old.pipeline, &pipeline) {
+            match reinit(old, &pipeline).await {
+                Ok(()) => {
+                    info!(pipeline = %name, "processor config changed: plugins re-initialised, consumers kept running");
+                    metrics::counter!("sluice_pipeline_reloads_total", "result" => "reinit")
+                        .increment(1);
+                    self.running.get_mut(&file).expect("present").pipeline = pipeline;
+                }
+                Err(e) => {
+                    error!(pipeline = %name, "processor config change refused, keeping the running version: {e}");
+                    metrics::counter!("sluice_pipeline_reloads_total", "result" => "error")
+                        .increment(1);
+                }
+            }
+            return;
+        }
+        // Build the new version before touching the old: a failure keeps it.
+        let started = Instant::now();
+        let built = match pipeline::build(pipeline.clone(), &self.ctx).await {
+            Ok(built) => built,
+            Err(e) => {
+                error!(pipeline = %name, "changed pipeline cannot start, keeping the running version: {e:#}");
+                metrics::counter!("sluice_pipeline_reloads_total", "result" => "error")
+                    .increment(1);
+                return;
+            }
+        };
+        let old = self.running.remove(&file).expect("present");
+        info!(pipeline = %name, "pipeline file changed: draining the running version");
+        old.drain().await;
+        self.running.insert(file, spawn(built, pipeline));
+        info!(pipeline = %name, ms = started.elapsed().as_millis() as u64, "pipeline restarted with the new config");
+        metrics::counter!("sluice_pipeline_reloads_total", "result" => "restarted").increment(1);
+    }
+
+    async fn start(&self, pipeline: Pipeline) -> Option<Running> {
+        let name = pipeline.name.clone();
+        match pipeline::build(pipeline.clone(), &self.ctx).await {
+            Ok(built) => Some(spawn(built, pipeline)),
+            Err(e) => {
+                error!(pipeline = %name, "pipeline not started: {e:#}");
+                None
+            }
+        }
+    }
+
+    /// Swaps in new versions of changed plugin files, stage by stage.
+    async fn swap_plugins(&self, changed: &HashSet<PathBuf>) {
+        for running in self.running.values() {
+            for stage in &running.stages {
+                let current = stage.current();
+                if changed.contains(&watch::normalize(current.plugin.path())) {
+                    swap_plugin(&self.ctx.engine, &running.pipeline.name, stage).await;
+                }
+            }
+        }
+    }
+}
+
+fn spawn(built: pipeline::Built, pipeline: Pipeline) -> Running {
+    let stop = CancellationToken::new();
+    let stages = built.stages();
+    let name = pipeline.name.clone();
+    let token = stop.clone();
+    let done = tokio::spawn(async move {
+        if let Err(e) = built.run(token).await {
+            error!(pipeline = %name, "pipeline failed: {e:#}");
+        }
+    });
+    Running {
+        pipeline,
+        stages,
+        stop,
+        done,
+    }
+}
+
+/// Compiles the plugin file of `stage` again and, if it compiles and its
+/// init accepts the stage's config, makes it the version for new batches.
+async fn swap_plugin(engine: &Engine, pipeline: &str, stage: &Arc<Stage>) {
+    let current = stage.current();
+    let path = current.plugin.path().to_path_buf();
+    let started = Instant::now();
+    let (engine, settings) = (engine.clone(), current.settings.clone());
+    let loaded = tokio::task::spawn_blocking(move || -> Result<_> {
+        let plugin = engine.load(&path)?;
+        Stage::check_init(&plugin, &settings).map_err(|e| anyhow::anyhow!("init failed: {e}"))?;
+        Ok(plugin)
+    })
+    .await
+    .map_err(anyhow::Error::from)
+    .and_then(|r| r);
+    let path = current.plugin.path();
+    match loaded {
+        Ok(plugin) if plugin.hash() == current.plugin.hash() => {}
+        Ok(plugin) => {
+            let new_hash = plugin.short_hash().to_string();
+            stage.swap(Version {
+                plugin,
+                settings: current.settings.clone(),
+            });
+            info!(
+                pipeline = %pipeline,
+                plugin = %path.display(),
+                old = %current.plugin.short_hash(),
+                new = %new_hash,
+                ms = started.elapsed().as_millis() as u64,
+                "plugin swapped; new batches use the new version"
+            );
+            metrics::counter!("sluice_plugin_swaps_total", "pipeline" => pipeline.to_string(), "result" => "ok").increment(1);
+        }
+        Err(e) => {
+            error!(pipeline = %pipeline, plugin = %path.display(), "new plugin version refused, keeping {}: {e:#}", current.plugin.short_hash());
+            metrics::counter!("sluice_plugin_swaps_total", "pipeline" => pipeline.to_string(), "result" => "error").increment(1);
+        }
+    }
+}
+
+/// True when `new` differs from `old` only in `[processor.config]` tables.
+fn only_plugin_config_changed(old: &Pipeline, new: &Pipeline) -> bool {
+    let strip = |p: &Pipeline| {
+        let mut p = p.clone();
+        p.processors.iter_mut().for_each(|proc| proc.config.clear());
+        p
+    };
+    old.processors.len() == new.processors.len() && strip(old) == strip(new)
+}
+
+/// Re-initialises each stage of `running` with the config of `new`: all
+/// stages' inits must accept before any is swapped.
+async fn reinit(running: &Running, new: &Pipeline) -> Result<()> {
+    let mut next = Vec::new();
+    for (stage, proc) in running.stages.iter().zip(&new.processors) {
+        let current = stage.current();
+        let mut settings = current.settings.clone();
+        settings.config = config::plugin_config(&proc.config);
+        let (plugin, check) = (current.plugin.clone(), settings.clone());
+        tokio::task::spawn_blocking(move || Stage::check_init(&plugin, &check))
+            .await?
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: init refused the new config: {e}",
+                    proc.plugin.display()
+                )
+            })?;
+        next.push(Version {
+            plugin: current.plugin.clone(),
+            settings,
+        });
+    }
+    for (stage, version) in running.stages.iter().zip(next) {
+        stage.swap(version);
     }
     Ok(())
 }

@@ -25,31 +25,49 @@ pub struct StageSettings {
     pub kv: Option<redis::Client>,
 }
 
-/// One processor of a pipeline, shared by its consumers. The plugin can be
-/// replaced while consumers run: each consumer notices between batches and
-/// instantiates the new version, so in-flight batches finish on the old one.
-pub struct Stage {
-    /// The version new batches use.
-    pub plugin: ArcSwap<Plugin>,
+/// A plugin and the settings its instances run with: what a consumer
+/// instantiates. Replaced whole, so a consumer sees either the old pair or
+/// the new one.
+pub struct Version {
+    /// The compiled plugin.
+    pub plugin: Arc<Plugin>,
     /// Its settings.
     pub settings: StageSettings,
 }
 
+/// One processor of a pipeline, shared by its consumers. The version can be
+/// replaced while consumers run: each consumer notices between batches and
+/// instantiates the new one, so in-flight batches finish on the old.
+pub struct Stage {
+    current: ArcSwap<Version>,
+}
+
 impl Stage {
-    /// A stage running `plugin`.
+    /// A stage running `plugin` with `settings`.
     pub fn new(plugin: Arc<Plugin>, settings: StageSettings) -> Self {
         Stage {
-            plugin: ArcSwap::new(plugin),
-            settings,
+            current: ArcSwap::from_pointee(Version { plugin, settings }),
         }
+    }
+
+    /// The version new batches use.
+    pub fn current(&self) -> Arc<Version> {
+        self.current.load_full()
+    }
+
+    /// Makes `next` the version for new batches; returns the one it replaces.
+    pub fn swap(&self, next: Version) -> Arc<Version> {
+        self.current.swap(Arc::new(next))
     }
 
     /// Makes one instance and runs its `init`: proves the plugin and its
     /// config work before a pipeline starts or a new version is swapped in.
     pub fn check_init(plugin: &Arc<Plugin>, settings: &StageSettings) -> Result<(), String> {
-        Instance::new(plugin.clone(), settings)
-            .map(drop)
-            .map_err(|f| f.reason)
+        let version = Arc::new(Version {
+            plugin: plugin.clone(),
+            settings: settings.clone(),
+        });
+        Instance::new(version).map(drop).map_err(|f| f.reason)
     }
 }
 
@@ -58,11 +76,12 @@ impl Stage {
 struct Instance {
     store: Store<Host>,
     bindings: bindings::Processor,
-    plugin: Arc<Plugin>,
+    version: Arc<Version>,
 }
 
 impl Instance {
-    fn new(plugin: Arc<Plugin>, settings: &StageSettings) -> Result<Self, Failure> {
+    fn new(version: Arc<Version>) -> Result<Self, Failure> {
+        let (plugin, settings) = (&version.plugin, &version.settings);
         let host = Host::new(
             settings.pipeline.clone(),
             plugin.path.display().to_string().into(),
@@ -80,7 +99,7 @@ impl Instance {
             Ok(Ok(())) => Ok(Instance {
                 store,
                 bindings,
-                plugin,
+                version: version.clone(),
             }),
             Ok(Err(why)) => Err(Failure::retry(
                 FailureClass::Plugin,
@@ -138,52 +157,56 @@ struct Slot {
 }
 
 impl Slot {
-    /// Processes `msgs`, one outcome each. If the batch call traps, each
+    /// Processes `msgs` with `version` (pinned for the whole batch, so a swap
+    /// never splits one), one outcome each. If the batch call traps, each
     /// message is tried alone so that only the culprit fails.
-    fn call(&mut self, msgs: &[Message]) -> Vec<Outcome> {
+    fn call(&mut self, version: &Arc<Version>, msgs: &[Message]) -> Vec<Outcome> {
         if msgs.is_empty() {
             return Vec::new();
         }
-        let mut outcomes = self.call_isolated(msgs);
-        let hash: Arc<str> = self.stage.plugin.load().hash().into();
+        let mut outcomes = match self.call_batch(version, msgs) {
+            Ok(outcomes) => outcomes,
+            Err(failure) if msgs.len() == 1 => vec![Err(failure)],
+            Err(failure) => {
+                tracing::warn!(
+                    pipeline = %version.settings.pipeline,
+                    plugin = %version.plugin.path.display(),
+                    batch = msgs.len(),
+                    "{failure}; retrying the batch's messages one by one to find the culprit"
+                );
+                msgs.iter()
+                    .map(
+                        |m| match self.call_batch(version, std::slice::from_ref(m)) {
+                            Ok(mut one) => one.pop().unwrap_or_else(|| Ok(Vec::new())),
+                            Err(f) => Err(f),
+                        },
+                    )
+                    .collect()
+            }
+        };
+        let hash: Arc<str> = version.plugin.hash().into();
         for failure in outcomes.iter_mut().filter_map(|o| o.as_mut().err()) {
             failure.plugin.get_or_insert_with(|| hash.clone());
         }
         outcomes
     }
 
-    fn call_isolated(&mut self, msgs: &[Message]) -> Vec<Outcome> {
-        match self.call_batch(msgs) {
-            Ok(outcomes) => outcomes,
-            Err(failure) if msgs.len() == 1 => vec![Err(failure)],
-            Err(failure) => {
-                tracing::warn!(
-                    pipeline = %self.stage.settings.pipeline,
-                    plugin = %self.stage.plugin.load().path.display(),
-                    batch = msgs.len(),
-                    "{failure}; retrying the batch's messages one by one to find the culprit"
-                );
-                msgs.iter()
-                    .map(|m| match self.call_batch(std::slice::from_ref(m)) {
-                        Ok(mut one) => one.pop().unwrap_or_else(|| Ok(Vec::new())),
-                        Err(f) => Err(f),
-                    })
-                    .collect()
-            }
-        }
-    }
-
-    fn call_batch(&mut self, msgs: &[Message]) -> Result<Vec<Outcome>, Failure> {
-        let settings = &self.stage.settings;
-        let current = self.stage.plugin.load_full();
-        let stale = self
+    fn call_batch(
+        &mut self,
+        version: &Arc<Version>,
+        msgs: &[Message],
+    ) -> Result<Vec<Outcome>, Failure> {
+        if self
             .instance
             .as_ref()
-            .is_none_or(|i| !Arc::ptr_eq(&i.plugin, &current));
-        if stale {
-            self.instance = Some(Instance::new(current, settings)?);
+            .is_none_or(|i| !Arc::ptr_eq(&i.version, version))
+        {
+            // Drop the old instance first: its memory can be large.
+            self.instance = None;
+            self.instance = Some(Instance::new(version.clone())?);
         }
         let inst = self.instance.as_mut().expect("instance set above");
+        let settings = &version.settings;
         let batch: Vec<wit::Message> = msgs.iter().map(to_wit).collect();
         inst.store
             .set_epoch_deadline(deadline_ticks(settings.timeout));
@@ -242,8 +265,9 @@ impl Chain {
         // (index of the input message, message for this stage, `to` so far)
         let mut items: Vec<(usize, Option<String>)> = (0..batch.len()).map(|i| (i, None)).collect();
         let mut msgs: Vec<Message> = batch.to_vec();
-        for (k, slot) in self.slots.iter_mut().enumerate() {
-            let results = slot.call(&msgs);
+        let versions: Vec<Arc<Version>> = self.slots.iter().map(|s| s.stage.current()).collect();
+        for (k, (slot, version)) in self.slots.iter_mut().zip(&versions).enumerate() {
+            let results = slot.call(version, &msgs);
             let mut next_items = Vec::new();
             let mut next_msgs = Vec::new();
             for ((idx, to), (msg, result)) in items.into_iter().zip(msgs.into_iter().zip(results)) {

@@ -82,11 +82,17 @@ impl log::Host for Host {
     fn log(&mut self, level: log::Level, message: String) {
         let (pipeline, plugin) = (&*self.pipeline, &*self.plugin);
         match level {
-            log::Level::Trace => tracing::trace!(pipeline, plugin, "{message}"),
-            log::Level::Debug => tracing::debug!(pipeline, plugin, "{message}"),
-            log::Level::Info => tracing::info!(pipeline, plugin, "{message}"),
-            log::Level::Warn => tracing::warn!(pipeline, plugin, "{message}"),
-            log::Level::Error => tracing::error!(pipeline, plugin, "{message}"),
+            log::Level::Trace => {
+                tracing::trace!(pipeline = %pipeline, plugin = %plugin, "{message}")
+            }
+            log::Level::Debug => {
+                tracing::debug!(pipeline = %pipeline, plugin = %plugin, "{message}")
+            }
+            log::Level::Info => tracing::info!(pipeline = %pipeline, plugin = %plugin, "{message}"),
+            log::Level::Warn => tracing::warn!(pipeline = %pipeline, plugin = %plugin, "{message}"),
+            log::Level::Error => {
+                tracing::error!(pipeline = %pipeline, plugin = %plugin, "{message}")
+            }
         }
     }
 }

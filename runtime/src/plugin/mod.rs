@@ -12,7 +12,7 @@
 mod chain;
 mod host;
 
-pub use chain::{Chain, Stage, StageSettings};
+pub use chain::{Chain, Stage, StageSettings, Version};
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
@@ -44,12 +44,16 @@ struct EngineInner {
     /// Compiled plugins by content hash: validating and then running a
     /// pipeline, or several pipelines sharing a plugin, compile it once.
     compiled: Mutex<HashMap<String, Arc<Plugin>>>,
+    /// Where compiled code is kept across runs, by content hash; `None` for
+    /// no disk cache.
+    cache_dir: Option<PathBuf>,
 }
 
 impl Engine {
     /// Builds the engine and starts the epoch ticker thread (it ends when
-    /// the engine is dropped).
-    pub fn new() -> Result<Self> {
+    /// the engine is dropped). Compiled plugins are cached in `cache_dir`
+    /// (see [`default_cache_dir`]) so restarts do not recompile.
+    pub fn new(cache_dir: Option<PathBuf>) -> Result<Self> {
         let mut config = wasmtime::Config::new();
         // Epochs, not fuel: timeouts cost ~5-12% per call instead of up to 60%.
         config.epoch_interruption(true);
@@ -60,6 +64,7 @@ impl Engine {
             engine,
             linker,
             compiled: Mutex::default(),
+            cache_dir,
         });
         let weak: Weak<EngineInner> = Arc::downgrade(&inner);
         std::thread::Builder::new()
@@ -107,9 +112,16 @@ impl Engine {
     }
 
     fn compile(&self, path: &Path, bytes: &[u8], hash: String) -> Result<Plugin> {
-        let component = Component::new(&self.inner.engine, bytes)
-            .map_err(|e| anyhow::anyhow!("{}", first_line(&e)))
-            .context("not a WebAssembly component")?;
+        let component = match self.cached_on_disk(&hash) {
+            Some(component) => component,
+            None => {
+                let component = Component::new(&self.inner.engine, bytes)
+                    .map_err(|e| anyhow::anyhow!("{}", first_line(&e)))
+                    .context("not a WebAssembly component")?;
+                self.cache_on_disk(&hash, &component);
+                component
+            }
+        };
         let pre = self
             .inner
             .linker
@@ -125,6 +137,66 @@ impl Engine {
             path: path.to_path_buf(),
         })
     }
+}
+
+impl Engine {
+    fn cache_file(&self, hash: &str) -> Option<PathBuf> {
+        self.inner
+            .cache_dir
+            .as_ref()
+            .map(|d| d.join(format!("{hash}.cwasm")))
+    }
+
+    /// A component compiled earlier, if the cache has one this engine accepts
+    /// (wasmtime refuses code from another version or configuration).
+    fn cached_on_disk(&self, hash: &str) -> Option<Component> {
+        let file = self.cache_file(hash)?;
+        if !file.exists() {
+            return None;
+        }
+        // SAFETY: the file is machine code that this program wrote for this
+        // hash into its own cache folder; wasmtime checks that it was made
+        // by a compatible engine. A file that fails the check is recompiled.
+        match unsafe { Component::deserialize_file(&self.inner.engine, &file) } {
+            Ok(component) => Some(component),
+            Err(e) => {
+                tracing::debug!(file = %file.display(), "compiled-plugin cache entry not usable, recompiling: {e}");
+                None
+            }
+        }
+    }
+
+    /// Stores compiled code for the next run. Best effort: a read-only or
+    /// full disk only costs a recompile later.
+    fn cache_on_disk(&self, hash: &str, component: &Component) {
+        let Some(file) = self.cache_file(hash) else {
+            return;
+        };
+        let write = || -> Result<()> {
+            std::fs::create_dir_all(file.parent().expect("cache file has a folder"))?;
+            let bytes = component.serialize().map_err(|e| anyhow::anyhow!("{e}"))?;
+            // Write then rename, so a concurrent reader never sees half a file.
+            let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, &file)?;
+            Ok(())
+        };
+        if let Err(e) = write() {
+            tracing::debug!(file = %file.display(), "cannot cache the compiled plugin: {e:#}");
+        }
+    }
+}
+
+/// The compiled-plugin cache: `$SLUICE_CACHE_DIR` (empty: no cache), else
+/// `$XDG_CACHE_HOME/sluice`, else `~/.cache/sluice`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("SLUICE_CACHE_DIR") {
+        return (!dir.is_empty()).then(|| PathBuf::from(dir));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("sluice"))
 }
 
 fn first_line(e: &wasmtime::Error) -> String {
