@@ -72,6 +72,8 @@ impl Outage {
     pub fn failed(&mut self, e: &dyn std::fmt::Display, what: &str) {
         if self.since.is_none() {
             self.since = Some(Instant::now());
+            metrics::counter!("sluice_redis_outages_total", "pipeline" => self.pipeline.clone())
+                .increment(1);
             warn!(pipeline = %self.pipeline, "Redis unavailable while {what}: {e}; retrying with backoff");
         }
     }

@@ -17,6 +17,7 @@
 //! conn        Redis connections with timeouts that fit their use
 //! embedded    `--redis embedded`: a private redis-server
 //! dlq         `sluice dlq`: list, replay and purge dead letters
+//! http        `--http`: /metrics, /health, /ready and a dashboard
 //! ```
 //!
 //! Data flow for one batch:
@@ -33,6 +34,7 @@ pub mod config;
 pub mod conn;
 pub mod dlq;
 pub mod embedded;
+pub mod http;
 pub mod message;
 pub mod pipeline;
 pub mod plugin;

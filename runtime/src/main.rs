@@ -38,6 +38,9 @@ enum Command {
         /// effect only on restart.
         #[arg(long)]
         no_watch: bool,
+        /// Serve /metrics (Prometheus), /health, /ready and a dashboard on this address.
+        #[arg(long, value_name = "ADDR")]
+        http: Option<std::net::SocketAddr>,
     },
     /// Check pipeline files (and compile their plugins) without running them.
     Validate {
@@ -103,7 +106,8 @@ fn main() -> ExitCode {
                 paths,
                 redis,
                 no_watch,
-            } => run(paths, redis, !no_watch).await,
+                http,
+            } => run(paths, redis, !no_watch, http).await,
             Command::Validate { paths } => validate(paths).await,
             Command::Dlq { action, redis } => dlq(action, redis).await,
         }
@@ -129,7 +133,12 @@ fn init_logging() {
         .init();
 }
 
-async fn run(paths: Vec<PathBuf>, redis: Option<String>, watch: bool) -> Result<ExitCode> {
+async fn run(
+    paths: Vec<PathBuf>,
+    redis: Option<String>,
+    watch: bool,
+    http: Option<std::net::SocketAddr>,
+) -> Result<ExitCode> {
     let mut embedded = None;
     let default_url = match redis.as_deref() {
         Some("embedded") => {
@@ -146,9 +155,22 @@ async fn run(paths: Vec<PathBuf>, redis: Option<String>, watch: bool) -> Result<
     let ctx = Context {
         engine: Engine::new(sluice::plugin::default_cache_dir())?,
         default_url,
+        ready: Default::default(),
     };
     let cancel = CancellationToken::new();
     tokio::spawn(on_signal(cancel.clone()));
+    if let Some(addr) = http {
+        let (metrics, ready, cancel) = (
+            sluice::http::install_metrics()?,
+            ctx.ready.clone(),
+            cancel.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = sluice::http::serve(addr, metrics, ready, cancel).await {
+                tracing::error!("HTTP endpoint stopped: {e:#}");
+            }
+        });
+    }
     let result = supervisor::run(paths, ctx, cancel, watch).await;
     if let Some(server) = embedded {
         server.stop().await;

@@ -37,6 +37,8 @@ pub struct Context {
     pub engine: Engine,
     /// Redis for pipelines whose file names none.
     pub default_url: String,
+    /// Set once every pipeline found at start is running (`/ready`).
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A pipeline ready to run: plugins compiled and initialised, sinks built.
@@ -300,7 +302,10 @@ async fn process_batch(
         done.extend(fresh);
         settle_atomic(s, conn, consumer, &done, &statuses, &records, true).await;
     };
+    let started = Instant::now();
     with_lease(lease_conn, p, consumer, &ids, work).await;
+    metrics::histogram!("sluice_batch_seconds", "pipeline" => p.name.clone())
+        .record(started.elapsed().as_secs_f64());
 }
 
 /// Runs `chain` over `batch` on a blocking thread (Wasm calls never block
@@ -414,6 +419,8 @@ async fn reclaim(
             }
             if !batch.messages.is_empty() {
                 info!(pipeline = %p.name, to = %consumer, count = batch.messages.len(), "reclaimed idle entries");
+                metrics::counter!("sluice_reclaimed_total", "pipeline" => p.name.clone())
+                    .increment(batch.messages.len() as u64);
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     sent = feed.send(batch.messages) => if sent.is_err() { return },
@@ -489,6 +496,7 @@ async fn settle_atomic(
     .await;
     match committed {
         Ok(results) => {
+            count(p, statuses);
             for (entry, result) in entries.iter().zip(results) {
                 if let atomic::Committed::Skipped(why) = result {
                     debug!(id = %entry.id, "not committed: {why}");
@@ -573,6 +581,28 @@ async fn settle(s: &Shared, conn: &mut ConnectionManager, batch: &[Message], sta
         }
     }
     settle_acks(conn, p, &ack_ids).await;
+    count(p, statuses);
+}
+
+/// Counts a settled batch's messages by status (one update per status, not per message).
+fn count(p: &Pipeline, statuses: &[Status]) {
+    let mut by = [0u64; 4];
+    for status in statuses {
+        by[match status {
+            Status::Delivered => 0,
+            Status::Dropped(_) => 1,
+            Status::Errored(_) => 2,
+            Status::Rejected(_) => 3,
+        }] += 1;
+    }
+    for (n, status) in by
+        .into_iter()
+        .zip(["delivered", "dropped", "retried", "dead_lettered"])
+    {
+        if n > 0 {
+            metrics::counter!("sluice_messages_total", "pipeline" => p.name.clone(), "status" => status).increment(n);
+        }
+    }
 }
 
 async fn settle_acks(conn: &mut ConnectionManager, p: &Pipeline, ids: &[&str]) {

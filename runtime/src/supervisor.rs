@@ -105,6 +105,9 @@ pub async fn run(
     if sup.running.is_empty() {
         bail!("no valid pipeline to run");
     }
+    sup.ctx
+        .ready
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     let mut watcher = if watch { Some(Watcher::new()?) } else { None };
     sup.watch(watcher.as_mut());
     loop {

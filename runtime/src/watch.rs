@@ -44,10 +44,11 @@ impl Watcher {
     /// Watches the folder that holds `path` (or `path`, if it is a folder).
     /// Watching folders, not files, is what catches replace-by-rename.
     pub fn watch(&mut self, path: &Path) -> Result<()> {
-        let folder = if path.is_dir() {
-            path.to_path_buf()
-        } else {
-            path.parent().unwrap_or(Path::new(".")).to_path_buf()
+        let folder = match path.parent() {
+            _ if path.is_dir() => path,
+            // A bare file name has an empty parent: the working directory.
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
         };
         let folder = folder.canonicalize()?;
         if self.folders.insert(folder.clone()) {

@@ -161,9 +161,13 @@ fn explain(message: &str) -> String {
     {
         return format!("missing required key `{name}`");
     }
-    message
+    let mut text = message
         .replace("unknown variant", "unknown value")
-        .replace("invalid type: ", "wrong type: ")
+        .replace("invalid type: ", "wrong type: ");
+    for int in ["u32", "u64", "usize", "i64"] {
+        text = text.replace(&format!("expected {int}"), "expected a whole number");
+    }
+    text
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {
