@@ -1,0 +1,98 @@
+//! Pipeline files for tests.
+//!
+//! The runtime reads pipelines from files, so tests write real files into a temp dir that
+//! lives as long as the [`Pipeline`] value.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use redis::Connection;
+use tempfile::TempDir;
+
+use super::streams::{group_exists, pending_count, xlen};
+use super::{RedisServer, Sluice, plugin};
+
+/// The input stream of [`Pipeline::stream_to_stream`].
+pub const IN: &str = "in";
+/// The output stream of [`Pipeline::stream_to_stream`].
+pub const OUT: &str = "out";
+/// The consumer group of [`Pipeline::stream_to_stream`].
+pub const GROUP: &str = "e2e";
+
+/// A pipeline file in its own temp dir.
+pub struct Pipeline {
+    _dir: TempDir,
+    path: PathBuf,
+}
+
+impl Pipeline {
+    /// Writes `toml` to `<tempdir>/<name>.toml`; `name` is also the default pipeline name.
+    pub fn write(name: &str, toml: &str) -> Self {
+        let dir = tempfile::tempdir().expect("create a temp dir for the pipeline");
+        let path = dir.path().join(format!("{name}.toml"));
+        fs::write(&path, toml).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        Pipeline { _dir: dir, path }
+    }
+
+    /// The shape most tests need: stream [`IN`] (group [`GROUP`], from the start of the
+    /// stream so preloaded messages are read) → plugin `plugin_name` → stream [`OUT`].
+    ///
+    /// `source` holds extra `[source]` lines (`consumers`, `batch`, ...) and `config` the
+    /// `[processor.config]` lines. `block_ms` is short so that shutdown is quick.
+    pub fn stream_to_stream(
+        redis: &RedisServer,
+        plugin_name: &str,
+        source: &str,
+        config: &str,
+    ) -> Self {
+        let plugin = plugin(plugin_name);
+        let toml = format!(
+            r#"[redis]
+url = "{url}"
+
+[source]
+type = "stream"
+stream = "{IN}"
+group = "{GROUP}"
+start = "0"
+block_ms = 100
+{source}
+
+[[processor]]
+plugin = '{plugin}'
+
+[processor.config]
+{config}
+
+[[sink]]
+name = "out"
+type = "stream"
+stream = "{OUT}"
+"#,
+            url = redis.url(),
+            plugin = plugin.display(),
+        );
+        Self::write("e2e", &toml)
+    }
+
+    /// The file's absolute path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Waits until a [`Pipeline::stream_to_stream`] pipeline run by `sluice` has written `out`
+/// entries to [`OUT`] while `pending` entries of [`IN`] are unacknowledged, both at once.
+///
+/// Checking both matters: output appears before its ack, so "all written" alone does not mean
+/// the group is settled.
+pub fn wait_settled(con: &mut Connection, sluice: &mut Sluice, out: usize, pending: usize) {
+    sluice.wait_for(
+        &format!("{out} entries in `{OUT}` and {pending} pending in group `{GROUP}` (seen: (out, pending))"),
+        |_| {
+            let pending = group_exists(con, IN, GROUP).then(|| pending_count(con, IN, GROUP));
+            (xlen(con, OUT), pending)
+        },
+        |seen| *seen == (out, Some(pending)),
+    );
+}

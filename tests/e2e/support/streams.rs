@@ -1,0 +1,131 @@
+//! The Redis side of a test: load input, then read back what landed.
+//!
+//! Assertions are made on Redis state rather than on the runtime's logs or metrics, because
+//! Redis state is the contract: what was written to the sink, what is still pending in the
+//! group. Errors panic with the command that failed; a test cannot do anything better.
+
+use redis::streams::{StreamInfoGroup, StreamInfoGroupsReply, StreamPendingReply};
+use redis::{Connection, RedisResult};
+
+/// How many XADDs go to Redis in one round trip when loading input.
+const XADD_CHUNK: usize = 1000;
+
+/// A stream entry with its fields in stream order (a map would hide reordering).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub id: String,
+    pub fields: Vec<(String, String)>,
+}
+
+impl Entry {
+    /// The value of field `name`; panics naming the entry when it is missing.
+    pub fn get(&self, name: &str) -> &str {
+        self.fields
+            .iter()
+            .find(|(field, _)| field == name)
+            .map(|(_, value)| value.as_str())
+            .unwrap_or_else(|| panic!("entry {} has no field `{name}`: {:?}", self.id, self.fields))
+    }
+}
+
+/// Appends `count` entries to `stream`, entry `i` getting the fields `fields(i)`, pipelined in
+/// chunks so that loading tens of thousands of messages takes milliseconds. Returns the ids in
+/// order.
+pub fn xadd_many<F, K, V>(
+    con: &mut Connection,
+    stream: &str,
+    count: usize,
+    fields: F,
+) -> Vec<String>
+where
+    F: Fn(usize) -> Vec<(K, V)>,
+    K: redis::ToRedisArgs,
+    V: redis::ToRedisArgs,
+{
+    let mut ids = Vec::with_capacity(count);
+    for start in (0..count).step_by(XADD_CHUNK) {
+        let mut pipe = redis::pipe();
+        for i in start..count.min(start + XADD_CHUNK) {
+            let command = pipe.cmd("XADD").arg(stream).arg("*");
+            for (name, value) in fields(i) {
+                command.arg(name).arg(value);
+            }
+        }
+        let chunk: Vec<String> = pipe
+            .query(con)
+            .unwrap_or_else(|e| panic!("XADD {stream}: {e}"));
+        ids.extend(chunk);
+    }
+    ids
+}
+
+/// XLEN: 0 for a stream that does not exist.
+pub fn xlen(con: &mut Connection, stream: &str) -> usize {
+    redis::cmd("XLEN")
+        .arg(stream)
+        .query(con)
+        .unwrap_or_else(|e| panic!("XLEN {stream}: {e}"))
+}
+
+/// Every entry of `stream`, oldest first.
+pub fn xrange_all(con: &mut Connection, stream: &str) -> Vec<Entry> {
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query(con)
+        .unwrap_or_else(|e| panic!("XRANGE {stream} - +: {e}"));
+    entries
+        .into_iter()
+        .map(|(id, fields)| Entry { id, fields })
+        .collect()
+}
+
+/// How many entries the group has delivered and not yet acknowledged (XPENDING summary).
+/// Panics if the group does not exist, so that "0 pending" can never mean "never started".
+pub fn pending_count(con: &mut Connection, stream: &str, group: &str) -> usize {
+    let reply: StreamPendingReply = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .query(con)
+        .unwrap_or_else(|e| panic!("XPENDING {stream} {group}: {e}"));
+    reply.count()
+}
+
+/// The ids of every pending entry of the group, oldest first.
+pub fn pending_ids(con: &mut Connection, stream: &str, group: &str) -> Vec<String> {
+    let count = pending_count(con, stream, group);
+    // Extended form: one (id, consumer, idle ms, delivery count) per entry.
+    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .arg("-")
+        .arg("+")
+        .arg(count.max(1))
+        .query(con)
+        .unwrap_or_else(|e| panic!("XPENDING {stream} {group} - + {count}: {e}"));
+    pending.into_iter().map(|(id, ..)| id).collect()
+}
+
+/// Whether consumer group `group` exists on `stream` (false if the stream does not).
+pub fn group_exists(con: &mut Connection, stream: &str, group: &str) -> bool {
+    group_info(con, stream, group).is_some()
+}
+
+/// How many consumers the group knows; consumers register when they first read.
+pub fn consumer_count(con: &mut Connection, stream: &str, group: &str) -> usize {
+    group_info(con, stream, group)
+        .unwrap_or_else(|| panic!("no group {group} on stream {stream}"))
+        .consumers
+}
+
+fn group_info(con: &mut Connection, stream: &str, group: &str) -> Option<StreamInfoGroup> {
+    let reply: RedisResult<StreamInfoGroupsReply> =
+        redis::cmd("XINFO").arg("GROUPS").arg(stream).query(con);
+    match reply {
+        Ok(reply) => reply.groups.into_iter().find(|g| g.name == group),
+        // XINFO GROUPS on a missing key is an error, not an empty list.
+        Err(e) if e.to_string().contains("no such key") => None,
+        Err(e) => panic!("XINFO GROUPS {stream}: {e}"),
+    }
+}
