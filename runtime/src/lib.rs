@@ -18,6 +18,7 @@
 //! embedded    `--redis embedded`: a private redis-server
 //! dlq         `sluice dlq`: list, replay and purge dead letters
 //! http        `--http`: /metrics, /health, /ready and a dashboard
+//! status      `sluice status`: lag, pending and dead letters per group
 //! ```
 //!
 //! Data flow for one batch:
@@ -40,5 +41,6 @@ pub mod pipeline;
 pub mod plugin;
 pub mod sink;
 pub mod source;
+pub mod status;
 pub mod supervisor;
 pub mod watch;

@@ -48,6 +48,13 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Show every consumer group on a Redis: lag, pending, oldest pending
+    /// entry, consumers and their idle time, dead letters.
+    Status {
+        /// Redis URL. Default: $SLUICE_REDIS_URL, then redis://127.0.0.1:6379.
+        #[arg(long, value_name = "URL")]
+        redis: Option<String>,
+    },
     /// Inspect, replay or purge a dead-letter stream.
     Dlq {
         #[command(subcommand)]
@@ -110,6 +117,7 @@ fn main() -> ExitCode {
             } => run(paths, redis, !no_watch, http).await,
             Command::Validate { paths } => validate(paths).await,
             Command::Dlq { action, redis } => dlq(action, redis).await,
+            Command::Status { redis } => status(redis).await,
         }
     });
     match result {
@@ -221,15 +229,24 @@ fn default_redis_url(flag: Option<String>) -> String {
         .unwrap_or_else(|| DEFAULT_REDIS_URL.to_string())
 }
 
-async fn dlq(action: DlqAction, redis: Option<String>) -> Result<ExitCode> {
+async fn connect(redis: Option<String>) -> Result<redis::aio::MultiplexedConnection> {
     let url = default_redis_url(redis);
     let client = sluice::conn::client(&url)?;
-    let mut conn = client
+    client
         .get_multiplexed_async_connection()
         .await
-        .map_err(|e| {
-            anyhow::anyhow!("cannot reach Redis at {}: {e}", sluice::conn::redact(&url))
-        })?;
+        .map_err(|e| anyhow::anyhow!("cannot reach Redis at {}: {e}", sluice::conn::redact(&url)))
+}
+
+async fn status(redis: Option<String>) -> Result<ExitCode> {
+    let mut conn = connect(redis).await?;
+    let groups = sluice::status::collect(&mut conn).await?;
+    sluice::status::print(&groups, &mut std::io::stdout().lock())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn dlq(action: DlqAction, redis: Option<String>) -> Result<ExitCode> {
+    let mut conn = connect(redis).await?;
     match action {
         DlqAction::List { stream, count } => {
             let n =
