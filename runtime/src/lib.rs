@@ -19,6 +19,7 @@
 //! dlq         `sluice dlq`: list, replay and purge dead letters
 //! http        `--http`: /metrics, /health, /ready and a dashboard
 //! status      `sluice status`: lag, pending and dead letters per group
+//! pending     `sluice pending`: inspect, ack or claim pending entries by hand
 //! ```
 //!
 //! Data flow for one batch:
@@ -37,6 +38,7 @@ pub mod dlq;
 pub mod embedded;
 pub mod http;
 pub mod message;
+pub mod pending;
 pub mod pipeline;
 pub mod plugin;
 pub mod sink;

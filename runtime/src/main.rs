@@ -55,6 +55,28 @@ enum Command {
         #[arg(long, value_name = "URL")]
         redis: Option<String>,
     },
+    /// List a group's pending entries; ack or claim them by hand.
+    Pending {
+        /// The stream.
+        stream: String,
+        /// The consumer group (a pipeline's `group`, default: its name).
+        group: String,
+        /// Only entries idle at least this long.
+        #[arg(long, value_name = "MS", default_value_t = 0)]
+        older_than: u64,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        /// Ack the listed entries: they will not be delivered again.
+        #[arg(long, conflicts_with = "claim")]
+        ack: bool,
+        /// Give the listed entries to this consumer.
+        #[arg(long, value_name = "CONSUMER")]
+        claim: Option<String>,
+        /// Redis URL. Default: $SLUICE_REDIS_URL, then redis://127.0.0.1:6379.
+        #[arg(long, value_name = "URL")]
+        redis: Option<String>,
+    },
     /// Inspect, replay or purge a dead-letter stream.
     Dlq {
         #[command(subcommand)]
@@ -118,6 +140,15 @@ fn main() -> ExitCode {
             Command::Validate { paths } => validate(paths).await,
             Command::Dlq { action, redis } => dlq(action, redis).await,
             Command::Status { redis } => status(redis).await,
+            Command::Pending {
+                stream,
+                group,
+                older_than,
+                count,
+                ack,
+                claim,
+                redis,
+            } => pending(&stream, &group, older_than, count, ack, claim, redis).await,
         }
     });
     match result {
@@ -242,6 +273,29 @@ async fn status(redis: Option<String>) -> Result<ExitCode> {
     let mut conn = connect(redis).await?;
     let groups = sluice::status::collect(&mut conn).await?;
     sluice::status::print(&groups, &mut std::io::stdout().lock())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn pending(
+    stream: &str,
+    group: &str,
+    older_than: u64,
+    count: usize,
+    ack: bool,
+    claim: Option<String>,
+    redis: Option<String>,
+) -> Result<ExitCode> {
+    use sluice::pending;
+    let mut conn = connect(redis).await?;
+    let entries = pending::list(&mut conn, stream, group, older_than, count).await?;
+    pending::print(&entries, &mut std::io::stdout().lock())?;
+    if ack {
+        let n = pending::ack(&mut conn, stream, group, &entries).await?;
+        println!("acked {n} entries");
+    } else if let Some(consumer) = claim {
+        let n = pending::claim(&mut conn, stream, group, &consumer, older_than, &entries).await?;
+        println!("gave {n} entries to {consumer}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,0 +1,91 @@
+//! `sluice pending`: inspect a group's pending entries, and ack or claim
+//! them by hand (for an operator untangling a stuck group).
+
+use anyhow::Result;
+use redis::aio::MultiplexedConnection;
+use std::io::Write;
+
+/// One pending entry: id, the consumer holding it, idle ms, deliveries.
+pub type Entry = (String, String, u64, u32);
+
+/// Pending entries of `group` on `stream` idle at least `older_than_ms`, oldest first.
+pub async fn list(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+    group: &str,
+    older_than_ms: u64,
+    count: usize,
+) -> Result<Vec<Entry>> {
+    Ok(redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .arg("IDLE")
+        .arg(older_than_ms)
+        .arg("-")
+        .arg("+")
+        .arg(count)
+        .query_async(conn)
+        .await?)
+}
+
+/// Prints entries as a table.
+pub fn print(entries: &[Entry], out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<24} {:<32} {:>10} {:>10}",
+        "ID", "CONSUMER", "IDLE", "DELIVERIES"
+    )?;
+    for (id, consumer, idle, deliveries) in entries {
+        writeln!(
+            out,
+            "{id:<24} {consumer:<32} {:>9.1}s {deliveries:>10}",
+            *idle as f64 / 1000.0
+        )?;
+    }
+    Ok(())
+}
+
+/// Acks `entries` (they will not be delivered again). Returns how many were pending.
+pub async fn ack(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+    group: &str,
+    entries: &[Entry],
+) -> Result<i64> {
+    let ids: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    Ok(redis::cmd("XACK")
+        .arg(stream)
+        .arg(group)
+        .arg(ids)
+        .query_async(conn)
+        .await?)
+}
+
+/// Gives `entries` to `consumer` (e.g. a live one), if still idle at least
+/// `min_idle_ms`. Returns how many moved.
+pub async fn claim(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    min_idle_ms: u64,
+    entries: &[Entry],
+) -> Result<usize> {
+    let ids: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let moved: Vec<String> = redis::cmd("XCLAIM")
+        .arg(stream)
+        .arg(group)
+        .arg(consumer)
+        .arg(min_idle_ms)
+        .arg(ids)
+        .arg("JUSTID")
+        .query_async(conn)
+        .await?;
+    Ok(moved.len())
+}
