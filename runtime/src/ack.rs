@@ -56,7 +56,12 @@ impl Routed {
                     let mut targets = Vec::with_capacity(records.len());
                     for record in records {
                         match sinks.route(record.to.as_deref()) {
-                            Ok(to) => targets.extend(to.map(|t| (t, record.clone()))),
+                            Ok(mut to) => {
+                                // Clone only for extra (`route = "all"`) sinks.
+                                let first = to.next().expect("a record always has a sink");
+                                targets.extend(to.map(|t| (t, record.clone())));
+                                targets.push((first, record));
+                            }
                             Err(why) => {
                                 routed.failures[i] = Some(Failure::retry(FailureClass::Route, why));
                                 break;

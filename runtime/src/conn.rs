@@ -37,7 +37,17 @@ pub fn manager(client: &Client, response_timeout: Duration) -> RedisResult<Conne
 /// True for errors that mean "Redis is unreachable right now" rather than
 /// "Redis refused this command": the former are retried after a backoff.
 pub fn is_outage(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+    // A server that is starting (LOADING its data), failing over, or asking
+    // to try again will serve again soon: wait, do not fail the message.
+    let transient = matches!(
+        e.code(),
+        Some("LOADING" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN" | "READONLY")
+    );
+    transient
+        || e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
 }
 
 /// A redacted form of `url` for logs: the password is never printed.

@@ -20,6 +20,7 @@
 //! http        `--http`: /metrics, /health, /ready and a dashboard
 //! status      `sluice status`: lag, pending and dead letters per group
 //! pending     `sluice pending`: inspect, ack or claim pending entries by hand
+//! plugin_test `sluice plugin test`: run a plugin on sample messages, no Redis
 //! ```
 //!
 //! Data flow for one batch:
@@ -41,6 +42,7 @@ pub mod message;
 pub mod pending;
 pub mod pipeline;
 pub mod plugin;
+pub mod plugin_test;
 pub mod sink;
 pub mod source;
 pub mod status;

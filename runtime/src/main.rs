@@ -55,6 +55,11 @@ enum Command {
         #[arg(long, value_name = "URL")]
         redis: Option<String>,
     },
+    /// Work with plugins.
+    Plugin {
+        #[command(subcommand)]
+        action: PluginAction,
+    },
     /// List a group's pending entries; ack or claim them by hand.
     Pending {
         /// The stream.
@@ -85,6 +90,31 @@ enum Command {
         #[arg(long, global = true, value_name = "URL")]
         redis: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum PluginAction {
+    /// Run a plugin on sample messages, without Redis, and print what it
+    /// returns: its records (and their sink) or its failure.
+    Test {
+        /// The plugin's .wasm file.
+        plugin: PathBuf,
+        /// A `[processor.config]` entry for init (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = key_value)]
+        config: Vec<(String, String)>,
+        /// Messages from a JSON-lines file, one object of fields per line.
+        #[arg(long, value_name = "FILE.jsonl", conflicts_with = "field")]
+        input: Option<PathBuf>,
+        /// One message with this field (repeatable).
+        #[arg(long = "field", value_name = "NAME=VALUE", value_parser = key_value)]
+        field: Vec<(String, String)>,
+    },
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got `{s}`"))
 }
 
 #[derive(Subcommand)]
@@ -140,6 +170,15 @@ fn main() -> ExitCode {
             Command::Validate { paths } => validate(paths).await,
             Command::Dlq { action, redis } => dlq(action, redis).await,
             Command::Status { redis } => status(redis).await,
+            Command::Plugin {
+                action:
+                    PluginAction::Test {
+                        plugin,
+                        config,
+                        input,
+                        field,
+                    },
+            } => plugin_test(plugin, config, input, field).await,
             Command::Pending {
                 stream,
                 group,
@@ -274,6 +313,42 @@ async fn status(redis: Option<String>) -> Result<ExitCode> {
     let groups = sluice::status::collect(&mut conn).await?;
     sluice::status::print(&groups, &mut std::io::stdout().lock())?;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn plugin_test(
+    plugin: PathBuf,
+    config: Vec<(String, String)>,
+    input: Option<PathBuf>,
+    field: Vec<(String, String)>,
+) -> Result<ExitCode> {
+    let messages = match input {
+        Some(file) => sluice::plugin_test::read_jsonl(&file)?,
+        None if field.is_empty() => {
+            anyhow::bail!("give messages with --input FILE.jsonl or --field NAME=VALUE")
+        }
+        None => vec![
+            field
+                .into_iter()
+                .map(|(k, v)| (k, v.into_bytes()))
+                .collect(),
+        ],
+    };
+    let engine = Engine::new(sluice::plugin::default_cache_dir())?;
+    let ok = tokio::task::spawn_blocking(move || {
+        sluice::plugin_test::run(
+            &engine,
+            &plugin,
+            config,
+            messages,
+            &mut std::io::stdout().lock(),
+        )
+    })
+    .await??;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }
 
 async fn pending(

@@ -271,7 +271,7 @@ fn validate(
         .enumerate()
         .map(|(i, p)| validate_processor(i, p, base, errors, check_plugin))
         .collect();
-    let sinks = validate_sinks(file.sinks, errors);
+    let sinks = validate_sinks(file.sinks, base, file.atomic, errors);
     if file.atomic {
         let same_redis = sinks
             .iter()
@@ -305,35 +305,77 @@ fn valid_name(name: &str) -> bool {
 
 fn validate_source(mut s: SourceConfig, name: &str, errors: &mut Errors) -> SourceConfig {
     let key = |k| [Seg::Key("source"), Seg::Key(k)];
-    match s.kind {
+    // Keys that belong to other source types, with the type they belong to.
+    let foreign: Vec<(&str, bool, &str)> = match s.kind {
         SourceType::Stream => {
-            match s.stream.as_deref() {
-                None | Some("") => errors.add(
+            match (s.stream.take(), s.streams.take()) {
+                (Some(one), None) if !one.is_empty() => s.streams = Some(vec![one]),
+                (None, Some(many)) if !many.is_empty() && many.iter().all(|k| !k.is_empty()) => s.streams = Some(many),
+                (Some(_), Some(_)) => errors.add(&key("streams"), "give `stream` (one key) or `streams` (several), not both"),
+                _ => errors.add(
                     &key("stream"),
-                    "a stream source needs `stream`, the key to read (e.g. stream = \"orders\")",
+                    "a stream source needs `stream`, the key to read (e.g. stream = \"orders\"), or `streams = [...]`",
                 ),
-                Some(stream) => {
-                    if s.dead_letter.is_none() {
-                        s.dead_letter = Some(format!("{stream}:dead"));
-                    }
-                }
             }
-            for (k, set) in [
-                ("channels", s.channels.is_some()),
-                ("patterns", s.patterns.is_some()),
-                ("list", s.list.is_some()),
-            ] {
-                if set {
-                    errors.add(&key(k), format!("`{k}` is not a key of a stream source; it belongs to type = \"pubsub\" or \"list\""));
-                }
-            }
+            s.stream = s.streams.as_ref().and_then(|v| v.first().cloned());
+            vec![
+                ("channels", s.channels.is_some(), "pubsub"),
+                ("patterns", s.patterns.is_some(), "pubsub"),
+                ("buffer", s.buffer.is_some(), "pubsub"),
+                ("list", s.list.is_some(), "list"),
+            ]
         }
-        SourceType::Pubsub | SourceType::List => {
+        SourceType::Pubsub => {
+            let subscribed = s.channels.iter().chain(&s.patterns).flatten().count();
+            if subscribed == 0 {
+                errors.add(
+                    &key("channels"),
+                    "a pubsub source needs `channels = [...]` and/or `patterns = [...]`, not empty",
+                );
+            }
+            if s.dead_letter.is_none() {
+                s.dead_letter = Some(format!("{name}:dead"));
+            }
+            vec![
+                ("stream", s.stream.is_some(), "stream"),
+                ("streams", s.streams.is_some(), "stream"),
+                ("group", s.group.is_some(), "stream"),
+                ("list", s.list.is_some(), "list"),
+            ]
+        }
+        SourceType::List => {
+            match s.list.as_deref() {
+                None | Some("") => errors.add(
+                    &key("list"),
+                    "a list source needs `list`, the key to pop from (e.g. list = \"jobs\")",
+                ),
+                Some(list) if s.dead_letter.is_none() => {
+                    s.dead_letter = Some(format!("{list}:dead"))
+                }
+                Some(_) => {}
+            }
+            vec![
+                ("stream", s.stream.is_some(), "stream"),
+                ("streams", s.streams.is_some(), "stream"),
+                ("group", s.group.is_some(), "stream"),
+                ("channels", s.channels.is_some(), "pubsub"),
+                ("patterns", s.patterns.is_some(), "pubsub"),
+                ("buffer", s.buffer.is_some(), "pubsub"),
+            ]
+        }
+    };
+    for (k, set, belongs) in foreign {
+        if set {
             errors.add(
-                &key("type"),
-                "this version of sluice reads only type = \"stream\"; pubsub and list sources are not available yet",
+                &key(k),
+                format!(
+                    "`{k}` is not a key of this source type; it belongs to type = \"{belongs}\""
+                ),
             );
         }
+    }
+    if s.buffer == Some(0) {
+        errors.add(&key("buffer"), "a buffer of 0 messages; valid: 1 or more");
     }
     if s.group.is_none() {
         s.group = Some(name.to_string());
@@ -427,7 +469,52 @@ fn validate_processor(
     p
 }
 
-fn validate_sinks(sinks: Vec<SinkConfig>, errors: &mut Errors) -> Vec<SinkConfig> {
+/// Every sink type, for messages that list where a key belongs.
+const SINK_TYPES: [SinkType; 5] = [
+    SinkType::Stream,
+    SinkType::Pubsub,
+    SinkType::List,
+    SinkType::Stdout,
+    SinkType::File,
+];
+
+/// The keys a sink type takes besides `name`, `type` and `route`.
+fn sink_keys(kind: SinkType) -> &'static [&'static str] {
+    match kind {
+        SinkType::Stream => &["stream", "maxlen", "id_field", "url"],
+        SinkType::Pubsub => &["channel", "channel_field", "payload_field", "url"],
+        SinkType::List => &["list", "side", "payload_field", "url"],
+        SinkType::Stdout => &[],
+        SinkType::File => &["path", "fsync"],
+    }
+}
+
+/// The type-specific keys `s` sets.
+fn sink_keys_set(s: &SinkConfig) -> Vec<&'static str> {
+    [
+        ("stream", s.stream.is_some()),
+        ("maxlen", s.maxlen.is_some()),
+        ("id_field", s.id_field.is_some()),
+        ("url", s.url.is_some()),
+        ("channel", s.channel.is_some()),
+        ("channel_field", s.channel_field.is_some()),
+        ("payload_field", s.payload_field.is_some()),
+        ("list", s.list.is_some()),
+        ("side", s.side.is_some()),
+        ("path", s.path.is_some()),
+        ("fsync", s.fsync.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(k, set)| set.then_some(k))
+    .collect()
+}
+
+fn validate_sinks(
+    sinks: Vec<SinkConfig>,
+    base: &Path,
+    atomic: bool,
+    errors: &mut Errors,
+) -> Vec<SinkConfig> {
     if sinks.is_empty() {
         errors.add(&[], "no [[sink]]; a pipeline needs at least one, e.g. [[sink]] type = \"stream\" stream = \"out\"");
     }
@@ -444,17 +531,87 @@ fn validate_sinks(sinks: Vec<SinkConfig>, errors: &mut Errors) -> Vec<SinkConfig
                 errors.add(&key("name"), format!("a sink named `{name}` is already declared; sink names must be unique"));
             }
             s.name = Some(name);
+            let kind = s.kind.as_str();
+            let takes = sink_keys(s.kind);
+            for k in sink_keys_set(&s).into_iter().filter(|k| !takes.contains(k)) {
+                let belongs = SINK_TYPES
+                    .iter()
+                    .filter(|t| sink_keys(**t).contains(&k))
+                    .map(|t| format!("\"{}\"", t.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(" or ");
+                let valid = ["name", "type", "route"]
+                    .iter()
+                    .chain(takes)
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                errors.add(
+                    &key(k),
+                    format!("`{k}` is not a key of a {kind} sink (it belongs to type = {belongs}); a {kind} sink takes {valid}"),
+                );
+            }
+            for (k, value) in [
+                ("id_field", &s.id_field),
+                ("channel", &s.channel),
+                ("channel_field", &s.channel_field),
+                ("payload_field", &s.payload_field),
+            ] {
+                if value.as_deref() == Some("") {
+                    errors.add(&key(k), format!("`{k}` is empty; give a name or leave the key out"));
+                }
+            }
             match s.kind {
                 SinkType::Stream => {
                     if s.stream.as_deref().is_none_or(str::is_empty) {
-                        errors.add(&key("stream"), "a stream sink needs `stream`, the key to write to");
+                        errors.add(&key("stream"), "a stream sink needs `stream`, the key to write to (e.g. stream = \"orders:out\")");
+                    }
+                    if s.maxlen == Some(0) {
+                        errors.add(&key("maxlen"), "maxlen 0 would trim every entry away; valid: 1 or more, or leave it out (no trimming)");
+                    }
+                    if atomic && s.id_field.is_some() {
+                        errors.add(
+                            &key("id_field"),
+                            "`id_field` does not work with `atomic = true` (the atomic commit lets Redis pick entry ids); remove one of them",
+                        );
                     }
                 }
-                SinkType::Pubsub | SinkType::List | SinkType::Stdout | SinkType::File => {
-                    errors.add(
-                        &key("type"),
-                        "this version of sluice writes only type = \"stream\" sinks; pubsub, list, stdout and file are not available yet",
-                    );
+                SinkType::Pubsub => {
+                    match (&s.channel, &s.channel_field) {
+                        (Some(_), Some(_)) => errors.add(
+                            &key("channel_field"),
+                            "give `channel` (one channel for every record) or `channel_field` (the record field naming the channel), not both",
+                        ),
+                        (None, None) => errors.add(
+                            &key("channel"),
+                            "a pubsub sink needs `channel` (e.g. channel = \"alerts\") or `channel_field` (the record field naming the channel)",
+                        ),
+                        _ => {}
+                    }
+                    s.payload_field.get_or_insert_with(|| crate::sink::DEFAULT_PAYLOAD.into());
+                }
+                SinkType::List => {
+                    if s.list.as_deref().is_none_or(str::is_empty) {
+                        errors.add(&key("list"), "a list sink needs `list`, the key to push to (e.g. list = \"jobs\")");
+                    }
+                    s.payload_field.get_or_insert_with(|| crate::sink::DEFAULT_PAYLOAD.into());
+                    s.side.get_or_insert_default();
+                }
+                SinkType::Stdout => {}
+                SinkType::File => {
+                    match s.path.as_mut() {
+                        None => errors.add(&key("path"), "a file sink needs `path`, the file to append JSON lines to (e.g. path = \"out.jsonl\")"),
+                        Some(p) if p.as_os_str().is_empty() => errors.add(&key("path"), "`path` is empty; give the file to append to"),
+                        Some(p) => {
+                            if p.is_relative() {
+                                *p = base.join(&*p);
+                            }
+                            if p.is_dir() {
+                                errors.add(&key("path"), format!("{} is a folder; give the path of a file to append to", p.display()));
+                            }
+                        }
+                    }
+                    s.fsync.get_or_insert(false);
                 }
             }
             if let Some(route) = s.route.as_deref()
@@ -485,7 +642,8 @@ mod tests {
         let p = load(MINIMAL).unwrap();
         assert_eq!(p.name, "p");
         assert_eq!(p.group(), "p");
-        assert_eq!(p.dead_letter(), "in:dead");
+        assert_eq!(p.dead_letter_for("in"), "in:dead");
+        assert_eq!(p.streams(), ["in".to_string()]);
         assert_eq!(p.source.batch, 256);
         assert_eq!(Pipeline::sink_name(&p.sinks[0]), "out");
     }
@@ -504,6 +662,89 @@ mod tests {
             format!("{MINIMAL}\n[[sink]]\nname = \"out\"\ntype = \"stream\"\nstream = \"x\"\n");
         let e = &load(&text).unwrap_err()[0];
         assert_eq!((e.line, e.key.as_str()), (10, "sink[1].name"));
+    }
+
+    /// MINIMAL's source with `sinks` as the sink tables.
+    fn with_sinks(sinks: &str) -> Result<Pipeline, Vec<ConfigError>> {
+        load_str(
+            Path::new("/pipes/p.toml"),
+            &format!("[source]\ntype = \"stream\"\nstream = \"in\"\n{sinks}"),
+            &|_| Ok(()),
+        )
+    }
+
+    #[test]
+    fn sink_defaults_and_paths() {
+        let p = with_sinks(
+            "[[sink]]\ntype = \"list\"\nlist = \"q\"\n\
+             [[sink]]\nname = \"f\"\ntype = \"file\"\npath = \"out/x.jsonl\"\n\
+             [[sink]]\nname = \"p\"\ntype = \"pubsub\"\nchannel_field = \"ch\"\npayload_field = \"body\"\n\
+             [[sink]]\nname = \"s\"\ntype = \"stdout\"\nroute = \"all\"\n",
+        )
+        .unwrap();
+        assert_eq!(p.sinks[0].payload_field.as_deref(), Some("payload"));
+        assert_eq!(p.sinks[0].side, Some(crate::config::ListSide::Left));
+        assert_eq!(
+            p.sinks[1].path.as_deref(),
+            Some(Path::new("/pipes/out/x.jsonl"))
+        );
+        assert_eq!(p.sinks[1].fsync, Some(false));
+        assert_eq!(p.sinks[2].payload_field.as_deref(), Some("body"));
+    }
+
+    #[test]
+    fn sink_keys_must_fit_the_type() {
+        let errors =
+            with_sinks("[[sink]]\ntype = \"stdout\"\nstream = \"x\"\nfsync = true\n").unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert_eq!(
+            (errors[0].line, errors[0].key.as_str()),
+            (6, "sink[0].stream")
+        );
+        assert!(
+            errors[0].message.contains("belongs to type = \"stream\"")
+                && errors[0].message.contains("takes `name`, `type`, `route`"),
+            "{}",
+            errors[0].message
+        );
+        let e = &with_sinks("[[sink]]\ntype = \"list\"\nlist = \"q\"\nchannel = \"c\"\n")
+            .unwrap_err()[0];
+        assert!(
+            e.message.contains("belongs to type = \"pubsub\"") && e.message.contains("`side`"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn sink_required_keys() {
+        let cases = [
+            ("type = \"pubsub\"", "sink[0].channel"),
+            (
+                "type = \"pubsub\"\nchannel = \"a\"\nchannel_field = \"b\"",
+                "sink[0].channel_field",
+            ),
+            ("type = \"list\"", "sink[0].list"),
+            ("type = \"file\"", "sink[0].path"),
+            ("type = \"stream\"", "sink[0].stream"),
+            (
+                "type = \"stream\"\nstream = \"o\"\nid_field = \"\"",
+                "sink[0].id_field",
+            ),
+        ];
+        for (sink, key) in cases {
+            let errors = with_sinks(&format!("[[sink]]\n{sink}\n")).unwrap_err();
+            assert_eq!(errors.len(), 1, "{sink}: {errors:?}");
+            assert_eq!(errors[0].key, key, "{sink}: {}", errors[0].message);
+        }
+    }
+
+    #[test]
+    fn atomic_rejects_id_field() {
+        let text = format!("atomic = true\n{MINIMAL}id_field = \"src\"\n");
+        let e = &load(&text).unwrap_err()[0];
+        assert_eq!(e.key, "sink[0].id_field");
+        assert!(e.message.contains("atomic"), "{}", e.message);
     }
 
     #[test]

@@ -74,6 +74,10 @@ pub struct SourceConfig {
     pub kind: SourceType,
     /// Stream key (stream sources).
     pub stream: Option<String>,
+    /// Several stream keys read by the same group (stream sources): each
+    /// stream gets its own consumers, so the keys need not share a cluster
+    /// slot. After validation it holds every stream, also for `stream`.
+    pub streams: Option<Vec<String>>,
     /// Consumer group; default: the pipeline name.
     pub group: Option<String>,
     /// Concurrent consumers in this process, each with its own name and
@@ -98,8 +102,12 @@ pub struct SourceConfig {
     /// Deliveries before a message is dead-lettered. Default 5.
     #[serde(default = "defaults::max_deliveries")]
     pub max_deliveries: u32,
-    /// Dead-letter stream. Default `<stream>:dead`.
+    /// Dead-letter stream. Default `<stream>:dead` (per stream), `<list>:dead`,
+    /// or `<pipeline>:dead` for pub/sub.
     pub dead_letter: Option<String>,
+    /// Pub/sub: messages held between the subscriber and the consumers; when
+    /// full, new messages are dropped and counted. Default 10000.
+    pub buffer: Option<usize>,
     /// Pub/sub channels (pubsub sources).
     pub channels: Option<Vec<String>>,
     /// Pub/sub patterns (pubsub sources).
@@ -143,7 +151,25 @@ pub enum SinkType {
     File,
 }
 
-/// One `[[sink]]` entry (flat for the same reason as [`SourceConfig`]).
+impl SinkType {
+    /// The name users write in `type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkType::Stream => "stream",
+            SinkType::Pubsub => "pubsub",
+            SinkType::List => "list",
+            SinkType::Stdout => "stdout",
+            SinkType::File => "file",
+        }
+    }
+}
+
+/// One `[[sink]]` entry (flat for the same reason as [`SourceConfig`]):
+/// [`load::validate`] checks that each key fits the chosen type.
+///
+/// Every sink reports success only once its destination accepted the write
+/// (Redis answered, or the bytes reached the kernel), so a message is acked
+/// only after all its records are safe.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SinkConfig {
@@ -154,18 +180,62 @@ pub struct SinkConfig {
     pub kind: SinkType,
     /// Stream key (stream sinks).
     pub stream: Option<String>,
-    /// Approximate cap on the stream's length (XADD MAXLEN ~).
+    /// Approximate cap on the stream's length (XADD MAXLEN ~), so an output
+    /// stream nobody trims cannot fill Redis' memory. Default: no cap
+    /// (stream sinks).
     pub maxlen: Option<u64>,
-    /// Redis for this sink; default: the pipeline's.
+    /// Use the value of this record field as the entry id (XADD with that
+    /// id; the field itself is not written) instead of letting Redis choose
+    /// one, e.g. to copy a stream to another Redis with its ids. An id equal
+    /// to or smaller than the stream's last entry counts as already written,
+    /// so redelivering a message after a crash writes nothing twice: a
+    /// replication bridge built this way is idempotent. Default: none, Redis
+    /// assigns ids (stream sinks).
+    pub id_field: Option<String>,
+    /// Redis for this sink; default: the pipeline's (stream, pubsub and list
+    /// sinks).
     pub url: Option<String>,
-    /// Channel (pubsub sinks).
+    /// Channel every record is published to (pubsub sinks; give this or
+    /// `channel_field`).
     pub channel: Option<String>,
+    /// Publish each record to the channel named by this record field, so a
+    /// processor can pick the channel per record; a record without the field
+    /// is refused (pubsub sinks; give this or `channel`).
+    pub channel_field: Option<String>,
+    /// The record field whose value is published or pushed; the other fields
+    /// are not sent, since a pub/sub message or list item is one value. A
+    /// record without it is refused. Default `payload`, the field pub/sub
+    /// and list sources fill (pubsub and list sinks).
+    pub payload_field: Option<String>,
     /// List key (list sinks).
     pub list: Option<String>,
-    /// File path (file sinks).
+    /// Which end of the list records are pushed to: `left` (LPUSH) or
+    /// `right` (RPUSH). Default `left`, so a consumer popping from the right
+    /// (RPOP, BLMOVE ... RIGHT LEFT, or a list source) gets them in order
+    /// (list sinks).
+    pub side: Option<ListSide>,
+    /// File that JSON lines are appended to, created if missing (with its
+    /// folder); relative to the pipeline file's folder, like plugins (file
+    /// sinks).
     pub path: Option<PathBuf>,
+    /// Also `fsync` the file's data after each batch before reporting
+    /// success, so acked records survive a power loss or kernel crash, not
+    /// only a crash of sluice. Costs a disk flush per batch. Default false
+    /// (file sinks).
+    pub fsync: Option<bool>,
     /// `all`: this sink receives every record, whatever its `to`.
     pub route: Option<String>,
+}
+
+/// The end of a list a list sink pushes to.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ListSide {
+    /// LPUSH: newest at the head; pop from the right for FIFO.
+    #[default]
+    Left,
+    /// RPUSH: newest at the tail; pop from the left for FIFO.
+    Right,
 }
 
 mod defaults {
@@ -215,9 +285,22 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// The stream key of a stream source.
+    /// The stream key of a stream source (the first, if several).
     pub fn stream(&self) -> &str {
         self.source.stream.as_deref().unwrap_or_default()
+    }
+
+    /// Every stream a stream source reads.
+    pub fn streams(&self) -> &[String] {
+        self.source.streams.as_deref().unwrap_or_default()
+    }
+
+    /// The dead-letter stream for messages from `source`.
+    pub fn dead_letter_for(&self, source: &str) -> String {
+        match &self.source.dead_letter {
+            Some(explicit) => explicit.clone(),
+            None => format!("{source}:dead"),
+        }
     }
 
     /// The consumer group (always set after validation).
@@ -225,7 +308,8 @@ impl Pipeline {
         self.source.group.as_deref().unwrap_or(&self.name)
     }
 
-    /// The dead-letter stream (always set after validation).
+    /// The dead-letter stream named in the file, or defaulted for a pub/sub
+    /// or list source (stream sources: see [`Pipeline::dead_letter_for`]).
     pub fn dead_letter(&self) -> &str {
         self.source.dead_letter.as_deref().unwrap_or_default()
     }

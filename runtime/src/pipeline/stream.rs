@@ -1,6 +1,5 @@
-//! One pipeline: a stream source read by N consumers, each running its own
-//! warm processor chain, writing to the shared sinks, acking what landed;
-//! and one reclaimer that hands dead or failed work back to the consumers.
+//! Stream sources: a consumer group per stream, N consumers each, and a
+//! reclaimer that hands dead or failed work back to the consumers.
 //!
 //! ```text
 //! XREADGROUP (own pending, then >) ─┐
@@ -8,16 +7,22 @@
 //!     -> ack::deliver (pipelined writes per sink) -> dead letters -> XACK
 //!     (leases renewed with XCLAIM JUSTID while the batch is alive)
 //! ```
+//!
+//! A pipeline reading `streams = [...]` runs one *lane* per stream: the
+//! pipeline narrowed to that stream (its `stream` and `dead_letter` name
+//! it), sharing the stages and sinks. Separate reads per stream also keep
+//! keys in different cluster slots apart (one XREADGROUP over several keys
+//! fails with CROSSSLOT).
 
+use super::{Shared, count, log_status, retry_outage, run_chain};
 use crate::ack::{self, Routed, Status};
 use crate::atomic;
-use crate::config::{Pipeline, plugin_config};
+use crate::config::Pipeline;
 use crate::conn::{self, Outage};
-use crate::message::{Failure, FailureClass, FailureKind, Message, Record};
-use crate::plugin::{Chain, Engine, Stage, StageSettings};
-use crate::sink::Sinks;
+use crate::message::{Failure, FailureClass, Message, Record};
+use crate::plugin::Chain;
 use crate::source::stream::{self as source, Batch, StreamReader};
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use redis::aio::ConnectionManager;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,117 +31,51 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, warn};
 
-/// How long settling a finished batch (dead letters, XACK) keeps retrying
-/// through an outage before the batch is left pending for redelivery.
-const SETTLE_DEADLINE: Duration = Duration::from_secs(30);
-
-/// What every pipeline of the process shares.
-#[derive(Clone)]
-pub struct Context {
-    /// The plugin engine.
-    pub engine: Engine,
-    /// Redis for pipelines whose file names none.
-    pub default_url: String,
-    /// Set once every pipeline found at start is running (`/ready`).
-    pub ready: Arc<std::sync::atomic::AtomicBool>,
-}
-
-/// A pipeline ready to run: plugins compiled and initialised, sinks built.
-pub struct Built {
-    shared: Arc<Shared>,
-}
-
-struct Shared {
-    pipeline: Pipeline,
-    client: redis::Client,
-    stages: Vec<Arc<Stage>>,
-    sinks: Sinks,
-}
-
-/// Compiles the pipeline's plugins (off the async threads) and runs each
-/// one's `init` once, so a broken plugin or config fails here, before any
-/// message is read.
-pub async fn build(pipeline: Pipeline, ctx: &Context) -> Result<Built> {
-    let url = pipeline
-        .redis_url
-        .clone()
-        .unwrap_or_else(|| ctx.default_url.clone());
-    let client = conn::client(&url)?;
-    let name: Arc<str> = pipeline.name.as_str().into();
-    let mut stages = Vec::new();
-    for p in &pipeline.processors {
-        let settings = StageSettings {
-            pipeline: name.clone(),
-            timeout: Duration::from_millis(p.timeout_ms),
-            memory_bytes: (p.memory_mb as usize) << 20,
-            config: plugin_config(&p.config),
-            kv: Some(client.clone()),
-        };
-        let (engine, path) = (ctx.engine.clone(), p.plugin.clone());
-        let started = Instant::now();
-        let stage = tokio::task::spawn_blocking(move || -> Result<Stage> {
-            let plugin = engine.load(&path)?;
-            Stage::check_init(&plugin, &settings).map_err(anyhow::Error::msg)?;
-            Ok(Stage::new(plugin, settings))
-        })
-        .await?
-        .with_context(|| format!("plugin {}", p.plugin.display()))?;
-        info!(
-            pipeline = %name,
-            plugin = %p.plugin.display(),
-            hash = %stage.current().plugin.short_hash(),
-            ms = started.elapsed().as_millis() as u64,
-            "plugin loaded"
-        );
-        stages.push(Arc::new(stage));
+/// Runs every lane until `cancel`, then lets every consumer finish its batch.
+pub(super) async fn run(s: Arc<Shared>, cancel: CancellationToken) -> Result<()> {
+    let tracker = TaskTracker::new();
+    for stream in s.pipeline.streams() {
+        let mut lane = s.pipeline.clone();
+        lane.source.dead_letter = Some(s.pipeline.dead_letter_for(stream));
+        lane.source.stream = Some(stream.clone());
+        let lane = Arc::new(Shared {
+            pipeline: lane,
+            ..Shared::clone(&s)
+        });
+        tracker.spawn(run_lane(lane, cancel.clone()));
     }
-    let sinks = Sinks::build(&pipeline, &url)?;
-    Ok(Built {
-        shared: Arc::new(Shared {
-            pipeline,
-            client,
-            stages,
-            sinks,
-        }),
-    })
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
 }
 
-impl Built {
-    /// The pipeline's processors, for swapping plugin versions while it runs.
-    pub fn stages(&self) -> Vec<Arc<Stage>> {
-        self.shared.stages.clone()
+async fn run_lane(s: Arc<Shared>, cancel: CancellationToken) {
+    let p = &s.pipeline;
+    let mut conn = match conn::manager(&s.client, conn::COMMAND_TIMEOUT) {
+        Ok(c) => c,
+        Err(e) => return error!(pipeline = %p.name, "cannot open a connection: {e}"),
+    };
+    wait_for_group(&mut conn, p, &cancel).await;
+    info!(
+        pipeline = %p.name,
+        stream = %p.stream(),
+        group = %p.group(),
+        consumers = p.source.consumers,
+        "pipeline started"
+    );
+    let tracker = TaskTracker::new();
+    let mut feeds = Vec::new();
+    for index in 0..p.source.consumers {
+        let consumer = super::consumer_name(index);
+        // One batch of reclaimed work waits per consumer; more waits in Redis.
+        let (feed, reclaimed) = mpsc::channel(1);
+        feeds.push((consumer.clone(), feed));
+        let span = tracing::info_span!("consumer", pipeline = %p.name, consumer = %consumer);
+        tracker.spawn(consume(s.clone(), consumer, reclaimed, cancel.clone()).instrument(span));
     }
-
-    /// Runs until `cancel`, then lets every consumer finish its batch.
-    pub async fn run(self, cancel: CancellationToken) -> Result<()> {
-        let s = &self.shared;
-        let p = &s.pipeline;
-        let mut conn = conn::manager(&s.client, conn::COMMAND_TIMEOUT)?;
-        wait_for_group(&mut conn, p, &cancel).await;
-        info!(
-            pipeline = %p.name,
-            stream = %p.stream(),
-            group = %p.group(),
-            consumers = p.source.consumers,
-            "pipeline started"
-        );
-        let tracker = TaskTracker::new();
-        let host = gethostname::gethostname().to_string_lossy().into_owned();
-        let mut feeds = Vec::new();
-        for index in 0..p.source.consumers {
-            let consumer = format!("{host}-{}-{index}", std::process::id());
-            // One batch of reclaimed work waits per consumer; more waits in Redis.
-            let (feed, reclaimed) = mpsc::channel(1);
-            feeds.push((consumer.clone(), feed));
-            let span = tracing::info_span!("consumer", pipeline = %p.name, consumer = %consumer);
-            tracker.spawn(consume(s.clone(), consumer, reclaimed, cancel.clone()).instrument(span));
-        }
-        tracker.spawn(reclaim(s.clone(), feeds, conn, cancel.clone()));
-        tracker.close();
-        tracker.wait().await;
-        info!(pipeline = %p.name, "pipeline stopped");
-        Ok(())
-    }
+    tracker.spawn(reclaim(s.clone(), feeds, conn, cancel.clone()));
+    tracker.close();
+    tracker.wait().await;
 }
 
 /// Creates the consumer group, waiting out an unreachable Redis.
@@ -172,15 +111,71 @@ async fn consume(
     cancel: CancellationToken,
 ) {
     let p = &s.pipeline;
-    // A dedicated connection: a blocking read holds it for up to block_ms.
+    // Two connections: a blocking read holds its connection for up to
+    // block_ms, and the next batch is read while this one is settled.
     let read_timeout = Duration::from_millis(p.source.block_ms) + conn::COMMAND_TIMEOUT;
-    let mut conn = match conn::manager(&s.client, read_timeout) {
-        Ok(c) => c,
-        Err(e) => {
-            error!("cannot open a connection: {e}");
-            return;
-        }
+    let (read_conn, mut conn) = match (
+        conn::manager(&s.client, read_timeout),
+        conn::manager(&s.client, conn::COMMAND_TIMEOUT),
+    ) {
+        (Ok(r), Ok(c)) => (r, c),
+        (Err(e), _) | (_, Err(e)) => return error!("cannot open a connection: {e}"),
     };
+    // One batch is read ahead while the current one is processed.
+    let (ahead_tx, mut ahead) = mpsc::channel(1);
+    let reader = tokio::spawn(
+        read_ahead(
+            s.clone(),
+            consumer.clone(),
+            read_conn,
+            ahead_tx,
+            cancel.clone(),
+        )
+        .instrument(tracing::Span::current()),
+    );
+    let mut chain = Some(Chain::new(&s.stages));
+    debug!("consumer started");
+    loop {
+        let batch = tokio::select! {
+            // Reclaimed work first: it has waited longest.
+            biased;
+            Some(batch) = reclaimed.recv(), if !cancel.is_cancelled() => batch,
+            batch = ahead.recv() => match batch {
+                Some(batch) => batch,
+                None => break, // the reader stopped and everything it read is done
+            },
+        };
+        process_batch(&s, &consumer, &mut chain, batch, &mut conn, &cancel).await;
+    }
+    if let Err(e) = reader.await {
+        error!("reader task failed: {e}");
+    }
+    // Reclaimed work handed to us but not started stays pending under our
+    // name; the reclaimer of a live process takes it after claim_idle_ms.
+    reclaimed.close();
+    match source::remove_if_idle(&mut conn, p.stream(), p.group(), &consumer).await {
+        Ok(true) => debug!("consumer left the group"),
+        Ok(false) => info!("consumer stopped with entries pending; they will be reclaimed"),
+        Err(e) => debug!("could not remove the consumer from the group: {e}"),
+    }
+}
+
+/// Reads batches for `consumer` until `cancel`, handing each to the
+/// consumer through `ahead`. A batch waiting there is leased like one
+/// being processed, so however slow the current batch, the next is never
+/// idle long enough to be reclaimed.
+///
+/// The read is not raced against `cancel`: a dropped XREADGROUP may have
+/// moved entries into this consumer's pending list already. The read
+/// returns within block_ms, which bounds shutdown instead.
+async fn read_ahead(
+    s: Arc<Shared>,
+    consumer: String,
+    mut conn: ConnectionManager,
+    ahead: mpsc::Sender<Vec<Message>>,
+    cancel: CancellationToken,
+) {
+    let p = &s.pipeline;
     let mut reader = StreamReader::new(
         conn.clone(),
         p.stream(),
@@ -189,18 +184,8 @@ async fn consume(
         p.source.batch,
         p.source.block_ms,
     );
-    let mut chain = Some(Chain::new(&s.stages));
     let mut outage = Outage::new(&p.name);
-    debug!("consumer started");
-    // The read is not raced against `cancel`: a dropped XREADGROUP may
-    // already have moved entries into this consumer's pending list. The
-    // read returns within block_ms, which bounds shutdown instead.
     while !cancel.is_cancelled() {
-        // Reclaimed work first: it has waited longest.
-        if let Ok(messages) = reclaimed.try_recv() {
-            process_batch(&s, &consumer, &mut chain, messages, &mut conn, &cancel).await;
-            continue;
-        }
         let Batch { messages, deleted } = match reader.read().await {
             Ok(batch) => {
                 outage.recovered();
@@ -225,16 +210,14 @@ async fn consume(
             settle_acks(&mut conn, p, &ids).await;
         }
         if !messages.is_empty() {
-            process_batch(&s, &consumer, &mut chain, messages, &mut conn, &cancel).await;
+            let ids: Vec<String> = messages.iter().map(|m| m.id.clone()).collect();
+            let handed = with_lease(conn.clone(), p, &consumer, &ids, async {
+                // Fails only if the consumer is gone; then the entries stay
+                // pending under our name for a reclaimer.
+                let _ = ahead.send(messages).await;
+            });
+            handed.await;
         }
-    }
-    // Reclaimed work handed to us but not started stays pending under our
-    // name; the reclaimer of a live process takes it after claim_idle_ms.
-    reclaimed.close();
-    match source::remove_if_idle(&mut conn, p.stream(), p.group(), &consumer).await {
-        Ok(true) => debug!("consumer left the group"),
-        Ok(false) => info!("consumer stopped with entries pending; they will be reclaimed"),
-        Err(e) => debug!("could not remove the consumer from the group: {e}"),
     }
 }
 
@@ -257,20 +240,7 @@ async fn process_batch(
         let max = p.source.max_deliveries;
         let (expired, fresh): (Vec<Message>, Vec<Message>) =
             batch.into_iter().partition(|m| m.deliveries > max);
-        let mut statuses: Vec<Status> = expired
-            .iter()
-            .map(|m| {
-                Status::Rejected(Failure {
-                    kind: FailureKind::DeadLetter,
-                    class: FailureClass::Unsettled,
-                    reason: format!(
-                        "delivered {} times (max_deliveries = {max}) with no outcome recorded: its consumers stopped, or could not settle it",
-                        m.deliveries
-                    ),
-                    plugin: None,
-                })
-            })
-            .collect();
+        let mut statuses: Vec<Status> = expired.iter().map(|m| super::unsettled(m, max)).collect();
         let mut done = expired;
         if fresh.is_empty() {
             return settle(s, conn, &done, &statuses).await;
@@ -306,32 +276,6 @@ async fn process_batch(
     with_lease(lease_conn, p, consumer, &ids, work).await;
     metrics::histogram!("sluice_batch_seconds", "pipeline" => p.name.clone())
         .record(started.elapsed().as_secs_f64());
-}
-
-/// Runs `chain` over `batch` on a blocking thread (Wasm calls never block
-/// the async runtime). None if the host side panicked: the chain is rebuilt
-/// on the next batch and this one stays pending for redelivery.
-async fn run_chain(
-    s: &Shared,
-    chain: &mut Option<Chain>,
-    batch: Vec<Message>,
-) -> Option<Vec<crate::message::Outcome>> {
-    let mut owned = chain.take().unwrap_or_else(|| Chain::new(&s.stages));
-    match tokio::task::spawn_blocking(move || {
-        let outcomes = owned.process(&batch);
-        (owned, outcomes)
-    })
-    .await
-    {
-        Ok((owned, outcomes)) => {
-            *chain = Some(owned);
-            Some(outcomes)
-        }
-        Err(e) => {
-            error!("processing panicked: {e}; the batch stays pending");
-            None
-        }
-    }
 }
 
 /// Runs `work` while renewing the lease on `ids` (XCLAIM ... JUSTID to the
@@ -378,7 +322,7 @@ async fn reclaim(
     cancel: CancellationToken,
 ) {
     let p = &s.pipeline;
-    let every = reclaim_interval(p.source.claim_idle_ms);
+    let every = super::reclaim_interval(p.source.claim_idle_ms);
     let mut next = 0;
     let mut outage = Outage::new(&p.name);
     loop {
@@ -434,12 +378,6 @@ async fn reclaim(
     }
 }
 
-/// How often the reclaimer looks: often enough that dead work waits little
-/// past claim_idle_ms, rarely enough to cost nothing.
-fn reclaim_interval(claim_idle_ms: u64) -> Duration {
-    Duration::from_millis((claim_idle_ms / 4).clamp(50, 5_000))
-}
-
 /// Atomic mode: outputs, dead letters and XACK of the whole batch in one
 /// script (see [`atomic`]). Errored messages are left pending.
 async fn settle_atomic(
@@ -462,7 +400,7 @@ async fn settle_atomic(
         .collect();
     let mut entries = Vec::with_capacity(batch.len());
     for (i, (msg, status)) in batch.iter().zip(statuses).enumerate() {
-        log_status(p, msg, status);
+        log_status(p.dead_letter(), msg, status);
         let writes = match (status, &dead[i]) {
             (Status::Errored(_), _) => continue,
             (Status::Rejected(_), Some(fields)) => vec![atomic::Write {
@@ -473,7 +411,10 @@ async fn settle_atomic(
             (Status::Delivered, _) => records[i]
                 .iter()
                 .map(|(sink, r)| {
-                    let crate::sink::Sink::Stream(sink) = &s.sinks.sinks[*sink];
+                    // Validation allows `atomic = true` only with stream sinks.
+                    let crate::sink::Sink::Stream(sink) = &s.sinks.sinks[*sink] else {
+                        unreachable!("an atomic pipeline has only stream sinks (validated)")
+                    };
                     atomic::Write {
                         stream: sink.stream(),
                         maxlen: sink.maxlen(),
@@ -533,19 +474,6 @@ async fn settle_atomic(
     }
 }
 
-fn log_status(p: &Pipeline, msg: &Message, status: &Status) {
-    match status {
-        Status::Delivered => {}
-        Status::Dropped(f) => debug!(id = %msg.id, "dropped: {f}"),
-        Status::Errored(f) => {
-            warn!(id = %msg.id, deliveries = msg.deliveries, "failed, will retry: {f}")
-        }
-        Status::Rejected(f) => {
-            warn!(id = %msg.id, deliveries = msg.deliveries, dead_letter = %p.dead_letter(), "dead-lettered: {f}")
-        }
-    }
-}
-
 /// Dead-letters the rejected, then acks the delivered, dropped and
 /// dead-lettered in one XACK. Errored messages are logged and left pending.
 async fn settle(s: &Shared, conn: &mut ConnectionManager, batch: &[Message], statuses: &[Status]) {
@@ -554,7 +482,7 @@ async fn settle(s: &Shared, conn: &mut ConnectionManager, batch: &[Message], sta
     let mut dead = redis::pipe();
     let mut dead_ids = Vec::new();
     for (msg, status) in batch.iter().zip(statuses) {
-        log_status(p, msg, status);
+        log_status(p.dead_letter(), msg, status);
         match status {
             Status::Delivered | Status::Dropped(_) => ack_ids.push(&msg.id),
             Status::Errored(_) => {}
@@ -584,27 +512,6 @@ async fn settle(s: &Shared, conn: &mut ConnectionManager, batch: &[Message], sta
     count(p, statuses);
 }
 
-/// Counts a settled batch's messages by status (one update per status, not per message).
-fn count(p: &Pipeline, statuses: &[Status]) {
-    let mut by = [0u64; 4];
-    for status in statuses {
-        by[match status {
-            Status::Delivered => 0,
-            Status::Dropped(_) => 1,
-            Status::Errored(_) => 2,
-            Status::Rejected(_) => 3,
-        }] += 1;
-    }
-    for (n, status) in by
-        .into_iter()
-        .zip(["delivered", "dropped", "retried", "dead_lettered"])
-    {
-        if n > 0 {
-            metrics::counter!("sluice_messages_total", "pipeline" => p.name.clone(), "status" => status).increment(n);
-        }
-    }
-}
-
 async fn settle_acks(conn: &mut ConnectionManager, p: &Pipeline, ids: &[&str]) {
     let acked = retry_outage(&p.name, "acking", || {
         let mut c = conn.clone();
@@ -617,30 +524,5 @@ async fn settle_acks(conn: &mut ConnectionManager, p: &Pipeline, ids: &[&str]) {
             count = ids.len(),
             "cannot ack: {e}; these entries will be redelivered"
         );
-    }
-}
-
-/// Retries `op` through an outage (not through a refusal) for up to
-/// [`SETTLE_DEADLINE`]. Deliberately not cancelled by shutdown: this is the
-/// in-flight work shutdown waits for.
-async fn retry_outage<F, Fut, T>(pipeline: &str, what: &str, mut op: F) -> redis::RedisResult<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = redis::RedisResult<T>>,
-{
-    let deadline = Instant::now() + SETTLE_DEADLINE;
-    let mut outage = Outage::new(pipeline);
-    loop {
-        match op().await {
-            Ok(v) => {
-                outage.recovered();
-                return Ok(v);
-            }
-            Err(e) if conn::is_outage(&e) && Instant::now() < deadline => {
-                outage.failed(&e, what);
-                tokio::time::sleep(outage.next_delay()).await;
-            }
-            Err(e) => return Err(e),
-        }
     }
 }

@@ -6,6 +6,7 @@ use super::host::Host;
 use super::{EPOCH_TICK, Plugin, bindings};
 use crate::message::{Failure, FailureClass, FailureKind, Message, Outcome, Record};
 use arc_swap::ArcSwap;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::{Store, Trap};
@@ -95,7 +96,12 @@ impl Instance {
             .pre
             .instantiate(&mut store)
             .map_err(|e| classify(e, &store, settings, "instantiate"))?;
-        match bindings.call_init(&mut store, &settings.config) {
+        let config: Vec<(&str, &str)> = settings
+            .config
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        match bindings.call_init(&mut store, &config) {
             Ok(Ok(())) => Ok(Instance {
                 store,
                 bindings,
@@ -207,7 +213,12 @@ impl Slot {
         }
         let inst = self.instance.as_mut().expect("instance set above");
         let settings = &version.settings;
-        let batch: Vec<wit::Message> = msgs.iter().map(to_wit).collect();
+        let fields = field_params(msgs);
+        let batch: Vec<wit::Message<'_>> = msgs
+            .iter()
+            .zip(&fields)
+            .map(|(m, f)| to_wit(m, f))
+            .collect();
         inst.store
             .set_epoch_deadline(deadline_ticks(settings.timeout));
         match inst.bindings.call_process(&mut inst.store, &batch) {
@@ -264,13 +275,14 @@ impl Chain {
         };
         // (index of the input message, message for this stage, `to` so far)
         let mut items: Vec<(usize, Option<String>)> = (0..batch.len()).map(|i| (i, None)).collect();
-        let mut msgs: Vec<Message> = batch.to_vec();
+        // The first stage reads the batch as it is; later ones read records.
+        let mut msgs: Cow<'_, [Message]> = Cow::Borrowed(batch);
         let versions: Vec<Arc<Version>> = self.slots.iter().map(|s| s.stage.current()).collect();
         for (k, (slot, version)) in self.slots.iter_mut().zip(&versions).enumerate() {
             let results = slot.call(version, &msgs);
             let mut next_items = Vec::new();
             let mut next_msgs = Vec::new();
-            for ((idx, to), (msg, result)) in items.into_iter().zip(msgs.into_iter().zip(results)) {
+            for ((idx, to), (msg, result)) in items.into_iter().zip(msgs.iter().zip(results)) {
                 if outcomes[idx].is_err() {
                     continue;
                 }
@@ -287,32 +299,41 @@ impl Chain {
                         for r in records {
                             next_items.push((idx, r.to.or_else(|| to.clone())));
                             next_msgs.push(Message {
+                                id: msg.id.clone(),
+                                source: msg.source.clone(),
                                 fields: r.fields,
-                                ..msg.clone()
+                                deliveries: msg.deliveries,
+                                first_delivery_ms: msg.first_delivery_ms,
                             });
                         }
                     }
                 }
             }
             items = next_items;
-            msgs = next_msgs;
+            msgs = Cow::Owned(next_msgs);
         }
         outcomes
     }
 }
 
-fn to_wit(m: &Message) -> wit::Message {
+/// Borrowed views of a batch for lowering into the guest: the one copy of
+/// the data is the copy into guest memory.
+fn field_params(msgs: &[Message]) -> Vec<Vec<wit::FieldParam<'_>>> {
+    msgs.iter()
+        .map(|m| {
+            m.fields
+                .iter()
+                .map(|(name, value)| wit::FieldParam { name, value })
+                .collect()
+        })
+        .collect()
+}
+
+fn to_wit<'a>(m: &'a Message, fields: &'a [wit::FieldParam<'a>]) -> wit::Message<'a> {
     wit::Message {
-        id: m.id.clone(),
-        source: m.source.to_string(),
-        fields: m
-            .fields
-            .iter()
-            .map(|(name, value)| wit::Field {
-                name: name.clone(),
-                value: value.clone(),
-            })
-            .collect(),
+        id: &m.id,
+        source: &m.source,
+        fields,
         deliveries: m.deliveries,
         first_delivery_ms: m.first_delivery_ms,
     }

@@ -26,6 +26,9 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../sdk/wit",
         world: "processor",
+        // Lower messages into the guest from borrowed host data: no copy of
+        // every id, source and field before the one copy into guest memory.
+        ownership: Borrowing { duplicate_if_necessary: true },
     });
 }
 
@@ -117,7 +120,7 @@ impl Engine {
             None => {
                 let component = Component::new(&self.inner.engine, bytes)
                     .map_err(|e| anyhow::anyhow!("{}", first_line(&e)))
-                    .context("not a WebAssembly component")?;
+                    .context("cannot compile it; a plugin is a WebAssembly component of the sluice:processor world (see sdk/wit), e.g. built with sluice-sdk or componentize-py")?;
                 self.cache_on_disk(&hash, &component);
                 component
             }

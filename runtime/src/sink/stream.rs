@@ -1,26 +1,39 @@
 //! Stream sink: pipelined XADD, one round trip per batch.
+//!
+//! With `id_field`, the entry id comes from the record, and an id Redis
+//! already has (equal to or below the stream's last id) counts as written:
+//! redelivering a message after a crash between XADD and XACK then adds
+//! nothing twice, so a stream copied with its ids is copied exactly once.
 
-use super::SinkError;
-use crate::conn;
-use crate::message::Record;
+use super::{SinkError, round_trip};
+use crate::message::{Field, Record};
 use redis::aio::ConnectionManager;
+
+/// What Redis says when an XADD id is not above the stream's last id.
+const ID_NOT_ABOVE_TOP: &str = "equal or smaller than the target stream top item";
 
 /// Writes records to one stream.
 pub struct StreamSink {
     conn: ConnectionManager,
     stream: String,
     maxlen: Option<u64>,
+    id_field: Option<String>,
 }
 
 impl StreamSink {
-    /// A sink writing to `stream` on `url`, trimming to about `maxlen` entries.
-    pub fn new(url: &str, stream: &str, maxlen: Option<u64>) -> anyhow::Result<Self> {
-        let client = conn::client(url)?;
-        let conn = conn::manager(&client, conn::COMMAND_TIMEOUT)?;
+    /// A sink writing to `stream` on `url`, trimming to about `maxlen`
+    /// entries, taking entry ids from `id_field` if given.
+    pub fn new(
+        url: &str,
+        stream: &str,
+        maxlen: Option<u64>,
+        id_field: Option<&str>,
+    ) -> anyhow::Result<Self> {
         Ok(StreamSink {
-            conn,
+            conn: super::connect(url)?,
             stream: stream.to_string(),
             maxlen,
+            id_field: id_field.map(str::to_string),
         })
     }
 
@@ -34,58 +47,124 @@ impl StreamSink {
         self.maxlen
     }
 
-    /// Adds the XADD for `record` to `pipe` (shared with atomic mode, which
-    /// wraps the same commands and the XACK in MULTI/EXEC).
-    pub fn add_xadd(&self, pipe: &mut redis::Pipeline, record: &Record) {
-        let cmd = pipe.cmd("XADD").arg(&self.stream);
+    /// The XADD for `record`, or why it cannot be written.
+    fn xadd(&self, record: &Record) -> Result<redis::Cmd, SinkError> {
+        let (id, fields) = entry(record, self.id_field.as_deref())?;
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&self.stream);
         if let Some(maxlen) = self.maxlen {
             cmd.arg("MAXLEN").arg("~").arg(maxlen);
         }
-        cmd.arg("*");
-        for (name, value) in &record.fields {
+        cmd.arg(id);
+        for (name, value) in fields {
             cmd.arg(name).arg(value);
         }
+        Ok(cmd)
     }
 
     /// Writes `records` with one pipelined round trip. A record with no
-    /// fields cannot be an entry and is refused.
+    /// fields to write, or without its `id_field`, is refused.
     pub async fn write(&self, records: &[&Record]) -> Vec<Result<(), SinkError>> {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        let mut sent = Vec::with_capacity(records.len());
-        for record in records {
-            if record.fields.is_empty() {
-                sent.push(false);
-                continue;
-            }
-            self.add_xadd(&mut pipe, record);
-            sent.push(true);
+        let commands = records.iter().map(|r| self.xadd(r)).collect();
+        let with_ids = self.id_field.is_some();
+        round_trip(&self.conn, &self.stream, commands, |answer| match answer {
+            Ok(_) => Ok(()),
+            Err(e) if with_ids && already_written(&e.to_string()) => Ok(()),
+            Err(e) => Err(SinkError::from_redis(&self.stream, &e)),
+        })
+        .await
+    }
+}
+
+/// The entry id and fields to write for `record`: with an `id_field`, its
+/// value is the id and the field is left out; otherwise Redis picks (`*`).
+fn entry<'a>(
+    record: &'a Record,
+    id_field: Option<&str>,
+) -> Result<(&'a [u8], Vec<&'a Field>), SinkError> {
+    let id: &[u8] = match id_field {
+        None => b"*",
+        Some(name) => super::field(record, name).ok_or_else(|| {
+            SinkError::refused(format!(
+                "the record has no field `{name}` to take the entry id from (id_field)"
+            ))
+        })?,
+    };
+    let fields: Vec<&Field> = record
+        .fields
+        .iter()
+        .filter(|(n, _)| Some(n.as_str()) != id_field)
+        .collect();
+    if fields.is_empty() {
+        return Err(SinkError::refused(
+            "a record with no fields cannot be written to a stream",
+        ));
+    }
+    Ok((id, fields))
+}
+
+/// Whether an XADD error means the entry is already in the stream: its id
+/// is not above the stream's last one.
+fn already_written(error: &str) -> bool {
+    error.contains(ID_NOT_ABOVE_TOP)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(fields: &[(&str, &str)]) -> Record {
+        Record {
+            fields: fields
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+            to: None,
         }
-        let replies: Vec<redis::RedisResult<redis::Value>> = if sent.iter().any(|s| *s) {
-            match pipe.query_async(&mut self.conn.clone()).await {
-                Ok(replies) => replies,
-                Err(e) => return vec![Err(SinkError::from_redis(&self.stream, &e)); records.len()],
-            }
-        } else {
-            Vec::new()
-        };
-        let mut replies = replies.into_iter();
-        sent.into_iter()
-            .map(|sent| {
-                if !sent {
-                    return Err(SinkError::refused(
-                        "a record with no fields cannot be written to a stream",
-                    ));
-                }
-                match replies.next() {
-                    Some(Ok(_)) => Ok(()),
-                    Some(Err(e)) => Err(SinkError::from_redis(&self.stream, &e)),
-                    None => Err(SinkError::refused(format!(
-                        "XADD to {}: no reply",
-                        self.stream
-                    ))),
-                }
-            })
-            .collect()
+    }
+
+    fn names(fields: Vec<&Field>) -> Vec<&str> {
+        fields.into_iter().map(|(n, _)| n.as_str()).collect()
+    }
+
+    #[test]
+    fn without_id_field_redis_picks_the_id() {
+        let r = record(&[("id", "5-1"), ("a", "1")]);
+        let (id, fields) = entry(&r, None).unwrap();
+        assert_eq!(id, b"*");
+        assert_eq!(names(fields), ["id", "a"]);
+    }
+
+    #[test]
+    fn id_field_gives_the_id_and_is_not_written() {
+        let r = record(&[("a", "1"), ("src_id", "5-1"), ("b", "2")]);
+        let (id, fields) = entry(&r, Some("src_id")).unwrap();
+        assert_eq!(id, b"5-1");
+        assert_eq!(names(fields), ["a", "b"]);
+    }
+
+    #[test]
+    fn missing_id_field_or_nothing_else_is_refused() {
+        let e = entry(&record(&[("a", "1")]), Some("src_id")).err().unwrap();
+        assert!(!e.outage);
+        assert!(e.message.contains("no field `src_id`"), "{}", e.message);
+        let e = entry(&record(&[("src_id", "5-1")]), Some("src_id"))
+            .err()
+            .unwrap();
+        assert!(e.message.contains("no fields"), "{}", e.message);
+        assert!(entry(&record(&[]), None).is_err());
+    }
+
+    #[test]
+    fn an_id_not_above_the_top_counts_as_written() {
+        assert!(already_written(
+            "An error was signalled by the server - ResponseError: The ID specified in XADD is equal or smaller than the target stream top item"
+        ));
+        assert!(!already_written(
+            "ERR The ID specified in XADD must be greater than 0-0"
+        ));
+        assert!(!already_written(
+            "WRONGTYPE Operation against a key holding the wrong kind of value"
+        ));
     }
 }

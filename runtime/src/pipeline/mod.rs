@@ -1,0 +1,272 @@
+//! One pipeline: a source read by N consumers, each running its own warm
+//! processor chain, writing to the shared sinks, and settling each message
+//! by its delivery status.
+//!
+//! - [`stream`]: consumer groups (XREADGROUP, reclaim, leases, XACK, atomic).
+//! - [`pubsub`]: SUBSCRIBE/PSUBSCRIBE into a bounded buffer; at-most-once.
+//! - [`list`]: a reliable queue (LMOVE into a per-consumer processing list).
+//!
+//! ```text
+//! source read -> Chain::process (blocking thread) -> ack::deliver (sinks)
+//!   -> dead letters -> ack (XACK / LREM / nothing for pub/sub)
+//! ```
+
+mod list;
+mod pubsub;
+mod stream;
+
+use crate::ack::{self, Status};
+use crate::config::{Pipeline, SourceType, plugin_config};
+use crate::conn::{self, Outage};
+use crate::message::{Failure, Message, Outcome};
+use crate::plugin::{Chain, Engine, Stage, StageSettings};
+use crate::sink::Sinks;
+use anyhow::{Context as _, Result};
+use redis::aio::ConnectionManager;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+/// How long settling a finished batch (dead letters, acks) keeps retrying
+/// through an outage before the batch is left for redelivery.
+const SETTLE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// What every pipeline of the process shares.
+#[derive(Clone)]
+pub struct Context {
+    /// The plugin engine.
+    pub engine: Engine,
+    /// Redis for pipelines whose file names none.
+    pub default_url: String,
+    /// Set once every pipeline found at start is running (`/ready`).
+    pub ready: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// A pipeline ready to run: plugins compiled and initialised, sinks built.
+pub struct Built {
+    shared: Arc<Shared>,
+}
+
+#[derive(Clone)]
+struct Shared {
+    pipeline: Pipeline,
+    client: redis::Client,
+    stages: Vec<Arc<Stage>>,
+    sinks: Arc<Sinks>,
+}
+
+/// Compiles the pipeline's plugins (off the async threads) and runs each
+/// one's `init` once, so a broken plugin or config fails here, before any
+/// message is read.
+pub async fn build(pipeline: Pipeline, ctx: &Context) -> Result<Built> {
+    let url = pipeline
+        .redis_url
+        .clone()
+        .unwrap_or_else(|| ctx.default_url.clone());
+    let client = conn::client(&url)?;
+    let name: Arc<str> = pipeline.name.as_str().into();
+    let mut stages = Vec::new();
+    for p in &pipeline.processors {
+        let settings = StageSettings {
+            pipeline: name.clone(),
+            timeout: Duration::from_millis(p.timeout_ms),
+            memory_bytes: (p.memory_mb as usize) << 20,
+            config: plugin_config(&p.config),
+            kv: Some(client.clone()),
+        };
+        let (engine, path) = (ctx.engine.clone(), p.plugin.clone());
+        let started = Instant::now();
+        let stage = tokio::task::spawn_blocking(move || -> Result<Stage> {
+            let plugin = engine.load(&path)?;
+            Stage::check_init(&plugin, &settings).map_err(anyhow::Error::msg)?;
+            Ok(Stage::new(plugin, settings))
+        })
+        .await?
+        .with_context(|| format!("plugin {}", p.plugin.display()))?;
+        info!(
+            pipeline = %name,
+            plugin = %p.plugin.display(),
+            hash = %stage.current().plugin.short_hash(),
+            ms = started.elapsed().as_millis() as u64,
+            "plugin loaded"
+        );
+        stages.push(Arc::new(stage));
+    }
+    let sinks = Arc::new(Sinks::build(&pipeline, &url)?);
+    Ok(Built {
+        shared: Arc::new(Shared {
+            pipeline,
+            client,
+            stages,
+            sinks,
+        }),
+    })
+}
+
+impl Built {
+    /// The pipeline's processors, for swapping plugin versions while it runs.
+    pub fn stages(&self) -> Vec<Arc<Stage>> {
+        self.shared.stages.clone()
+    }
+
+    /// Runs until `cancel`, then lets every consumer finish its batch.
+    pub async fn run(self, cancel: CancellationToken) -> Result<()> {
+        let s = self.shared;
+        let name = s.pipeline.name.clone();
+        match s.pipeline.source.kind {
+            SourceType::Stream => stream::run(s, cancel).await?,
+            SourceType::Pubsub => pubsub::run(s, cancel).await?,
+            SourceType::List => list::run(s, cancel).await?,
+        }
+        info!(pipeline = %name, "pipeline stopped");
+        Ok(())
+    }
+}
+
+/// The name of consumer `index` of this process: unique per host, process
+/// and index, as Redis shows it in XINFO CONSUMERS.
+fn consumer_name(index: u32) -> String {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    format!("{host}-{}-{index}", std::process::id())
+}
+
+/// How often the reclaimer looks: often enough that dead work waits little
+/// past claim_idle_ms, rarely enough to cost nothing.
+pub(super) fn reclaim_interval(claim_idle_ms: u64) -> Duration {
+    Duration::from_millis((claim_idle_ms / 4).clamp(50, 5_000))
+}
+
+/// The status of a message delivered more than `max_deliveries` times
+/// without an outcome (its consumers kept stopping mid-batch): dead-letter
+/// it without running it again.
+fn unsettled(msg: &Message, max_deliveries: u32) -> Status {
+    Status::Rejected(Failure {
+        kind: crate::message::FailureKind::DeadLetter,
+        class: crate::message::FailureClass::Unsettled,
+        reason: format!(
+            "delivered {} times (max_deliveries = {max_deliveries}) with no outcome recorded: its consumers stopped, or could not settle it",
+            msg.deliveries
+        ),
+        plugin: None,
+    })
+}
+
+/// Writes dead letters for `rejected` (message, why) to `stream`, retrying
+/// through an outage. Only after this succeeds may the messages be acked.
+async fn write_dead_letters(
+    conn: &ConnectionManager,
+    p: &Pipeline,
+    stream: &str,
+    rejected: &[(&Message, &Failure)],
+) -> redis::RedisResult<()> {
+    if rejected.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for (msg, failure) in rejected {
+        let cmd = pipe.cmd("XADD").arg(stream).arg("*");
+        for (k, v) in ack::dead_letter_fields(msg, failure, p.group(), &p.name) {
+            cmd.arg(k).arg(v);
+        }
+    }
+    retry_outage(&p.name, "writing dead letters", || {
+        let (mut c, pipe) = (conn.clone(), pipe.clone());
+        async move { pipe.query_async::<()>(&mut c).await }
+    })
+    .await
+}
+
+/// Runs `chain` over `batch` on a blocking thread (Wasm calls never block
+/// the async runtime). None if the host side panicked: the chain is rebuilt
+/// on the next batch and this one stays pending for redelivery.
+async fn run_chain(
+    s: &Shared,
+    chain: &mut Option<Chain>,
+    batch: Vec<Message>,
+) -> Option<Vec<Outcome>> {
+    if s.stages.is_empty() {
+        // Nothing to run: records are the messages, no thread hop needed.
+        return Some(
+            batch
+                .iter()
+                .map(|m| Ok(vec![crate::message::Record::from_message(m)]))
+                .collect(),
+        );
+    }
+    let mut owned = chain.take().unwrap_or_else(|| Chain::new(&s.stages));
+    match tokio::task::spawn_blocking(move || {
+        let outcomes = owned.process(&batch);
+        (owned, outcomes)
+    })
+    .await
+    {
+        Ok((owned, outcomes)) => {
+            *chain = Some(owned);
+            Some(outcomes)
+        }
+        Err(e) => {
+            error!("processing panicked: {e}; the batch stays pending");
+            None
+        }
+    }
+}
+
+fn log_status(dead_letter: &str, msg: &Message, status: &Status) {
+    match status {
+        Status::Delivered => {}
+        Status::Dropped(f) => debug!(id = %msg.id, "dropped: {f}"),
+        Status::Errored(f) => {
+            warn!(id = %msg.id, deliveries = msg.deliveries, "failed, will retry: {f}")
+        }
+        Status::Rejected(f) => {
+            warn!(id = %msg.id, deliveries = msg.deliveries, dead_letter = %dead_letter, "dead-lettered: {f}")
+        }
+    }
+}
+
+/// Counts a settled batch's messages by status (one update per status, not per message).
+fn count(p: &Pipeline, statuses: &[Status]) {
+    let mut by = [0u64; 4];
+    for status in statuses {
+        by[match status {
+            Status::Delivered => 0,
+            Status::Dropped(_) => 1,
+            Status::Errored(_) => 2,
+            Status::Rejected(_) => 3,
+        }] += 1;
+    }
+    for (n, status) in by
+        .into_iter()
+        .zip(["delivered", "dropped", "retried", "dead_lettered"])
+    {
+        if n > 0 {
+            metrics::counter!("sluice_messages_total", "pipeline" => p.name.clone(), "status" => status).increment(n);
+        }
+    }
+}
+
+/// Retries `op` through an outage (not through a refusal) for up to
+/// [`SETTLE_DEADLINE`]. Deliberately not cancelled by shutdown: this is the
+/// in-flight work shutdown waits for.
+async fn retry_outage<F, Fut, T>(pipeline: &str, what: &str, mut op: F) -> redis::RedisResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = redis::RedisResult<T>>,
+{
+    let deadline = Instant::now() + SETTLE_DEADLINE;
+    let mut outage = Outage::new(pipeline);
+    loop {
+        match op().await {
+            Ok(v) => {
+                outage.recovered();
+                return Ok(v);
+            }
+            Err(e) if conn::is_outage(&e) && Instant::now() < deadline => {
+                outage.failed(&e, what);
+                tokio::time::sleep(outage.next_delay()).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
