@@ -212,9 +212,13 @@ async fn read_ahead(
         if !messages.is_empty() {
             let ids: Vec<String> = messages.iter().map(|m| m.id.clone()).collect();
             let handed = with_lease(conn.clone(), p, &consumer, &ids, async {
-                // Fails only if the consumer is gone; then the entries stay
-                // pending under our name for a reclaimer.
-                let _ = ahead.send(messages).await;
+                // `send` returns once the batch is buffered; the lease must
+                // last until the consumer takes it, i.e. the slot is free
+                // again. Both fail only if the consumer is gone; then the
+                // entries stay pending under our name for a reclaimer.
+                if ahead.send(messages).await.is_ok() {
+                    let _ = ahead.reserve().await;
+                }
             });
             handed.await;
         }
