@@ -285,13 +285,13 @@ async fn process_batch(
 /// Runs `work` while renewing the lease on `ids` (XCLAIM ... JUSTID to the
 /// same consumer resets their idle time) every third of claim_idle_ms, so
 /// no reclaimer takes work that is still alive, however slow.
-async fn with_lease(
+async fn with_lease<T>(
     mut conn: ConnectionManager,
     p: &Pipeline,
     consumer: &str,
     ids: &[String],
-    work: impl Future<Output = ()>,
-) {
+    work: impl Future<Output = T>,
+) -> T {
     let every = Duration::from_millis((p.source.claim_idle_ms / 3).max(10));
     let renew = async {
         loop {
@@ -311,8 +311,8 @@ async fn with_lease(
         }
     };
     tokio::select! {
-        () = work => {}
-        () = renew => {}
+        out = work => out,
+        () = renew => unreachable!("lease renewal loops until the work ends"),
     }
 }
 
@@ -369,9 +369,17 @@ async fn reclaim(
                 info!(pipeline = %p.name, to = %consumer, count = batch.messages.len(), "reclaimed idle entries");
                 metrics::counter!("sluice_reclaimed_total", "pipeline" => p.name.clone())
                     .increment(batch.messages.len() as u64);
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    sent = feed.send(batch.messages) => if sent.is_err() { return },
+                // Claimed into `consumer`, which may be busy: lease the batch
+                // until it takes it, or a reclaimer would claim it again.
+                let ids: Vec<String> = batch.messages.iter().map(|m| m.id.clone()).collect();
+                let handed = with_lease(conn.clone(), p, consumer, &ids, async {
+                    tokio::select! {
+                        _ = cancel.cancelled() => false,
+                        sent = feed.send(batch.messages) => sent.is_ok() && feed.reserve().await.is_ok(),
+                    }
+                });
+                if !handed.await {
+                    return;
                 }
             }
             cursor = next_cursor;
