@@ -5,7 +5,12 @@
 //! tests run in parallel; `support` explains the harness.
 //!
 //! - `delivery`: what reaches the sink and what is acked.
+//! - `sinks`: pubsub, list, file and stdout sinks, `id_field`, routing by `to` and `route = "all"`.
+//! - `guarantees`: the delivery promises under crashes, outages, poison and runaway plugins.
+//! - `reload`: plugin swaps and pipeline file edits while messages flow; the compile cache.
 //! - `shutdown`: SIGTERM drains, a restart resumes, nothing is lost or duplicated.
+//! - `sources`: pub/sub and list sources, several streams, a Python plugin, the bridge
+//!   pipelines in `pipelines/`.
 //! - `validate`: config errors as `.toml` → `.err` snapshots (`SLUICE_BLESS=1` rewrites them).
 
 #[allow(
@@ -15,5 +20,9 @@
 mod support;
 
 mod delivery;
+mod guarantees;
+mod reload;
 mod shutdown;
+mod sinks;
+mod sources;
 mod validate;

@@ -14,7 +14,17 @@
 //! - [`pipeline`]: pipeline files in a temp dir, and the stream → plugin → stream shape most
 //!   tests share.
 //! - [`streams`]: the Redis reads and writes tests assert on (XADD in bulk, XRANGE, XPENDING).
+//! - [`keys`]: the same for lists, key scans and pub/sub subscriber counts.
+//! - [`flow`]: a background [`flow::Producer`] that keeps a stream busy, and the timing of
+//!   output (entry ids are Redis timestamps): the longest pause in a sink stream.
+//! - [`launch`]: `sluice run` with a compiled-plugin cache of the test's own, watching files,
+//!   or with `--redis`; waiting for log lines.
+//! - [`logs`]: log lines, their `key=value` fields and timestamps.
 
+pub mod flow;
+pub mod keys;
+pub mod launch;
+pub mod logs;
 pub mod pipeline;
 pub mod redis_server;
 pub mod sluice;

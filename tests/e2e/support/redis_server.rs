@@ -29,6 +29,9 @@ pub struct RedisServer {
     dir: TempDir,
     /// Whether data survives a stop and start (append-only file, fsync on every write).
     persistent: bool,
+    /// `--key-load-delay` (microseconds per key loaded) for the next start: see
+    /// [`slow_down_next_load`](Self::slow_down_next_load).
+    key_load_delay_us: u64,
 }
 
 impl RedisServer {
@@ -78,6 +81,10 @@ impl RedisServer {
     }
 
     /// Starts the server again on the same port and directory after [`stop`](Self::stop).
+    ///
+    /// Returns once the server has loaded its data: a persistent server answers PING while it
+    /// still replays its append-only file, but refuses data commands with `LOADING` until it
+    /// is done. (Clients that connect meanwhile, such as a running sluice, do see `LOADING`.)
     pub fn start(&mut self) {
         assert!(
             self.child.is_none(),
@@ -93,6 +100,76 @@ impl RedisServer {
                 self.log()
             ),
         }
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        while self.loading() {
+            if Instant::now() >= deadline {
+                panic!(
+                    "redis-server on port {} still loading its data after {STARTUP_TIMEOUT:?}\n{}",
+                    self.port,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Makes the next [`start`](Self::start) of a persistent server replay its data slowly, as
+    /// a server with a real data set does: for about `keys` × `per_key` it accepts connections
+    /// but answers data commands with `LOADING`, so clients reconnect into that window.
+    ///
+    /// Adds `keys` small `filler:<n>` keys and rewrites the append-only file (waiting for the
+    /// rewrite), so the data is loaded key by key from an RDB base, where Redis applies its
+    /// `key-load-delay` setting.
+    pub fn slow_down_next_load(&mut self, keys: usize, per_key: Duration) {
+        assert!(
+            self.persistent,
+            "only a persistent server loads data on start"
+        );
+        let mut con = self.conn();
+        let mut pipe = redis::pipe();
+        for n in 0..keys {
+            pipe.cmd("SET").arg(format!("filler:{n}")).arg(n).ignore();
+        }
+        pipe.query::<()>(&mut con)
+            .unwrap_or_else(|e| panic!("SET filler keys: {e}"));
+        redis::cmd("BGREWRITEAOF")
+            .query::<()>(&mut con)
+            .unwrap_or_else(|e| panic!("BGREWRITEAOF: {e}"));
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let info: String = redis::cmd("INFO")
+                .arg("persistence")
+                .query(&mut con)
+                .unwrap_or_else(|e| panic!("INFO persistence: {e}"));
+            let busy = info.lines().any(|line| {
+                let line = line.trim();
+                line == "aof_rewrite_in_progress:1" || line == "aof_rewrite_scheduled:1"
+            });
+            if !busy {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the AOF rewrite did not finish within {STARTUP_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.key_load_delay_us = u64::try_from(per_key.as_micros()).expect("a short delay");
+    }
+
+    /// Whether the server is still loading its data set (`loading:1` in INFO persistence);
+    /// an unreachable server counts as loading.
+    fn loading(&self) -> bool {
+        let Ok(mut con) = redis::Client::open(self.url())
+            .and_then(|client| client.get_connection_with_timeout(Duration::from_millis(200)))
+        else {
+            return true;
+        };
+        let info: redis::RedisResult<String> =
+            redis::cmd("INFO").arg("persistence").query(&mut con);
+        info.map_or(true, |info| {
+            info.lines().any(|line| line.trim() == "loading:1")
+        })
     }
 
     fn spawn_on_free_port(persistent: bool) -> Self {
@@ -102,6 +179,7 @@ impl RedisServer {
             port: 0,
             dir,
             persistent,
+            key_load_delay_us: 0,
         };
         let mut failures = Vec::new();
         for _ in 0..PORT_ATTEMPTS {
@@ -135,6 +213,7 @@ impl RedisServer {
             .stderr(Stdio::null());
         if self.persistent {
             command.args(["--appendonly", "yes", "--appendfsync", "always"]);
+            command.args(["--key-load-delay", &self.key_load_delay_us.to_string()]);
         } else {
             command.args(["--appendonly", "no"]);
         }

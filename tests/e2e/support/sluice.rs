@@ -86,6 +86,48 @@ impl Sluice {
         }
     }
 
+    /// Runs `sluice ARGS...` to completion (a CLI command such as `dlq list`) and returns the
+    /// exited process for its [`stdout`](Self::stdout) and [`log`](Self::log). Panics, with
+    /// what the command said, unless it exits 0 within [`PATIENCE`](super::PATIENCE).
+    pub fn exec<I, S>(args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut command = Self::spawn(args);
+        let status = command.wait_exit(super::PATIENCE);
+        assert!(
+            status.success(),
+            "`sluice {}` exited with {status}\n--- stdout ---\n{}--- stderr ---\n{}",
+            command.args.join(" "),
+            command.stdout(),
+            command.log()
+        );
+        command
+    }
+
+    /// The process id; consumer names in the group contain it (`<host>-<pid>-<index>`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The resident set size of the running process (`VmRSS` in `/proc/<pid>/status`), in
+    /// bytes. Linux only, like the rest of the harness's process control.
+    pub fn rss_bytes(&mut self) -> u64 {
+        assert!(
+            self.is_running(),
+            "the process exited: no resident memory to read"
+        );
+        let path = format!("/proc/{}/status", self.pid());
+        let status = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS line in {path}:\n{status}"));
+        kib * 1024
+    }
+
     /// Everything the process wrote to stderr so far: its log.
     pub fn log(&self) -> String {
         read(&self.dir.path().join("stderr"))

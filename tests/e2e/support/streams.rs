@@ -107,6 +107,60 @@ pub fn pending_ids(con: &mut Connection, stream: &str, group: &str) -> Vec<Strin
     pending.into_iter().map(|(id, ..)| id).collect()
 }
 
+/// One entry of a group's pending entries list (XPENDING, extended form).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub id: String,
+    /// The consumer that holds it.
+    pub consumer: String,
+    /// Milliseconds since it was last delivered (or its lease renewed).
+    pub idle_ms: u64,
+    /// How many times it was delivered.
+    pub deliveries: u64,
+}
+
+/// Every pending entry of the group with its owner, idle time and delivery count, oldest
+/// first.
+pub fn pending_entries(con: &mut Connection, stream: &str, group: &str) -> Vec<Pending> {
+    let count = pending_count(con, stream, group);
+    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .arg("-")
+        .arg("+")
+        .arg(count.max(1))
+        .query(con)
+        .unwrap_or_else(|e| panic!("XPENDING {stream} {group} - + {count}: {e}"));
+    pending
+        .into_iter()
+        .map(|(id, consumer, idle_ms, deliveries)| Pending {
+            id,
+            consumer,
+            idle_ms,
+            deliveries,
+        })
+        .collect()
+}
+
+/// The id of the last entry the group handed to any consumer (XINFO GROUPS
+/// `last-delivered-id`): how far the group has read.
+pub fn last_delivered_id(con: &mut Connection, stream: &str, group: &str) -> String {
+    group_info(con, stream, group)
+        .unwrap_or_else(|| panic!("no group {group} on stream {stream}"))
+        .last_delivered_id
+}
+
+/// A stream entry id as a pair of numbers, so that ids compare in stream order
+/// (`"9-0" < "10-0"`, which string comparison gets wrong).
+pub fn parse_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    let number = |part: &str| {
+        part.parse()
+            .unwrap_or_else(|_| panic!("`{id}` is not a stream entry id"))
+    };
+    (number(ms), number(seq))
+}
+
 /// Whether consumer group `group` exists on `stream` (false if the stream does not).
 pub fn group_exists(con: &mut Connection, stream: &str, group: &str) -> bool {
     group_info(con, stream, group).is_some()

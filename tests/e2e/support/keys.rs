@@ -1,0 +1,102 @@
+//! The Redis reads and writes of pub/sub and list tests: lists, key scans, hashes and
+//! subscriber counts ([`streams`](super::streams) has the stream ones).
+
+use redis::Connection;
+
+/// Pushes `items` onto the head of `list` (LPUSH, one pipelined round trip per thousand), in
+/// order, so that a consumer popping from the tail (a list source) gets them in that order.
+pub fn lpush_many<T: redis::ToRedisArgs>(con: &mut Connection, list: &str, items: &[T]) {
+    for chunk in items.chunks(1000) {
+        let mut pipe = redis::pipe();
+        for item in chunk {
+            pipe.cmd("LPUSH").arg(list).arg(item).ignore();
+        }
+        pipe.query::<()>(con)
+            .unwrap_or_else(|e| panic!("LPUSH {list}: {e}"));
+    }
+}
+
+/// LLEN: 0 for a list that does not exist.
+pub fn llen(con: &mut Connection, list: &str) -> usize {
+    redis::cmd("LLEN")
+        .arg(list)
+        .query(con)
+        .unwrap_or_else(|e| panic!("LLEN {list}: {e}"))
+}
+
+/// Every item of `list`, head first (LRANGE 0 -1).
+pub fn lrange_all(con: &mut Connection, list: &str) -> Vec<String> {
+    redis::cmd("LRANGE")
+        .arg(list)
+        .arg(0)
+        .arg(-1)
+        .query(con)
+        .unwrap_or_else(|e| panic!("LRANGE {list} 0 -1: {e}"))
+}
+
+/// Every key matching the glob `pattern` (SCAN, so it is safe on a busy server), sorted.
+pub fn keys_matching(con: &mut Connection, pattern: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query(con)
+            .unwrap_or_else(|e| panic!("SCAN MATCH {pattern}: {e}"));
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// Whether `key` exists.
+pub fn exists(con: &mut Connection, key: &str) -> bool {
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query(con)
+        .unwrap_or_else(|e| panic!("EXISTS {key}: {e}"))
+}
+
+/// GET, `None` for a missing key.
+pub fn get(con: &mut Connection, key: &str) -> Option<String> {
+    redis::cmd("GET")
+        .arg(key)
+        .query(con)
+        .unwrap_or_else(|e| panic!("GET {key}: {e}"))
+}
+
+/// How many clients are subscribed to `channel` (PUBSUB NUMSUB).
+pub fn subscribers(con: &mut Connection, channel: &str) -> usize {
+    let reply: (String, usize) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query(con)
+        .unwrap_or_else(|e| panic!("PUBSUB NUMSUB {channel}: {e}"));
+    reply.1
+}
+
+/// How many pattern subscriptions the server has, from all clients (PUBSUB NUMPAT).
+pub fn pattern_subscriptions(con: &mut Connection) -> usize {
+    redis::cmd("PUBSUB")
+        .arg("NUMPAT")
+        .query(con)
+        .unwrap_or_else(|e| panic!("PUBSUB NUMPAT: {e}"))
+}
+
+/// PUBLISH `payload` to `channel`; returns how many subscribers received it.
+pub fn publish(con: &mut Connection, channel: &str, payload: &str) -> usize {
+    redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(payload)
+        .query(con)
+        .unwrap_or_else(|e| panic!("PUBLISH {channel}: {e}"))
+}
