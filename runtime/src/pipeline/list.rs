@@ -6,7 +6,7 @@
 //! the queue with a delivery counted; a reclaimer returns the items of
 //! consumers whose heartbeat expired.
 
-use super::{Shared, count, log_status, retry_outage, run_chain, unsettled, write_dead_letters};
+use super::{Shared, count, log_status, retry_outage, run_chain, write_dead_letters};
 use crate::ack::{self, Status};
 use crate::conn::{self, Outage};
 use crate::message::{Failure, Message};
@@ -138,12 +138,9 @@ async fn process_batch(
 ) {
     let p = &s.pipeline;
     let max = p.source.max_deliveries;
-    let (expired, fresh): (Vec<Message>, Vec<Message>) =
-        batch.into_iter().partition(|m| m.deliveries > max);
-    let mut statuses: Vec<Status> = expired.iter().map(|m| unsettled(m, max)).collect();
-    let mut done = expired;
+    let (mut done, mut statuses, fresh) = super::split_unsettled(batch, max);
     if !fresh.is_empty() {
-        let Some(outcomes) = run_chain(s, chain, fresh.clone()).await else {
+        let Some((fresh, outcomes)) = run_chain(s, chain, fresh).await else {
             return;
         };
         statuses.extend(ack::deliver(&fresh, outcomes, &s.sinks, max, stop).await);

@@ -137,6 +137,24 @@ pub(super) fn reclaim_interval(claim_idle_ms: u64) -> Duration {
     Duration::from_millis((claim_idle_ms / 4).clamp(50, 5_000))
 }
 
+/// Splits off the messages delivered more than `max_deliveries` times with
+/// no outcome (their consumers kept stopping mid-batch): they are
+/// dead-lettered without running again. Returns them, their statuses, and
+/// the rest of the batch.
+fn split_unsettled(
+    batch: Vec<Message>,
+    max_deliveries: u32,
+) -> (Vec<Message>, Vec<Status>, Vec<Message>) {
+    let (expired, fresh): (Vec<Message>, Vec<Message>) = batch
+        .into_iter()
+        .partition(|m| m.deliveries > max_deliveries);
+    let statuses = expired
+        .iter()
+        .map(|m| unsettled(m, max_deliveries))
+        .collect();
+    (expired, statuses, fresh)
+}
+
 /// The status of a message delivered more than `max_deliveries` times
 /// without an outcome (its consumers kept stopping mid-batch): dead-letter
 /// it without running it again.
@@ -184,26 +202,26 @@ async fn run_chain(
     s: &Shared,
     chain: &mut Option<Chain>,
     batch: Vec<Message>,
-) -> Option<Vec<Outcome>> {
+) -> Option<(Vec<Message>, Vec<Outcome>)> {
     if s.stages.is_empty() {
         // Nothing to run: records are the messages, no thread hop needed.
-        return Some(
-            batch
-                .iter()
-                .map(|m| Ok(vec![crate::message::Record::from_message(m)]))
-                .collect(),
-        );
+        let outcomes = batch
+            .iter()
+            .map(|m| Ok(vec![crate::message::Record::from_message(m)]))
+            .collect();
+        return Some((batch, outcomes));
     }
     let mut owned = chain.take().unwrap_or_else(|| Chain::new(&s.stages));
+    // The batch travels to the blocking thread and back: no copy.
     match tokio::task::spawn_blocking(move || {
         let outcomes = owned.process(&batch);
-        (owned, outcomes)
+        (owned, batch, outcomes)
     })
     .await
     {
-        Ok((owned, outcomes)) => {
+        Ok((owned, batch, outcomes)) => {
             *chain = Some(owned);
-            Some(outcomes)
+            Some((batch, outcomes))
         }
         Err(e) => {
             error!("processing panicked: {e}; the batch stays pending");

@@ -204,7 +204,7 @@ async fn consume(s: Arc<Shared>, rx: Arc<Mutex<mpsc::Receiver<Message>>>, stop: 
                 return; // closed and empty
             }
         }
-        let Some(outcomes) = run_chain(&s, &mut chain, batch.clone()).await else {
+        let Some((batch, outcomes)) = run_chain(&s, &mut chain, batch).await else {
             continue;
         };
         let statuses =

@@ -239,17 +239,12 @@ async fn process_batch(
     let ids: Vec<String> = batch.iter().map(|m| m.id.clone()).collect();
     let lease_conn = conn.clone();
     let work = async {
-        // Past max_deliveries without an outcome (its consumers kept dying
-        // mid-batch): dead-letter without running it again.
         let max = p.source.max_deliveries;
-        let (expired, fresh): (Vec<Message>, Vec<Message>) =
-            batch.into_iter().partition(|m| m.deliveries > max);
-        let mut statuses: Vec<Status> = expired.iter().map(|m| super::unsettled(m, max)).collect();
-        let mut done = expired;
+        let (mut done, mut statuses, fresh) = super::split_unsettled(batch, max);
         if fresh.is_empty() {
             return settle(s, conn, &done, &statuses).await;
         }
-        let Some(outcomes) = run_chain(s, chain, fresh.clone()).await else {
+        let Some((fresh, outcomes)) = run_chain(s, chain, fresh).await else {
             return;
         };
         if !p.atomic {

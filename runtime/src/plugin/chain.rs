@@ -92,6 +92,7 @@ impl Instance {
         let mut store = Store::new(plugin.pre.engine(), host);
         store.limiter(|h| &mut h.limits);
         store.set_epoch_deadline(deadline_ticks(settings.timeout));
+        let _ticking = plugin.ticker.running();
         let bindings = plugin
             .pre
             .instantiate(&mut store)
@@ -221,6 +222,7 @@ impl Slot {
             .collect();
         inst.store
             .set_epoch_deadline(deadline_ticks(settings.timeout));
+        let _ticking = version.plugin.ticker.running();
         match inst.bindings.call_process(&mut inst.store, &batch) {
             Ok(outcomes) if outcomes.len() == msgs.len() => {
                 Ok(outcomes.into_iter().map(from_wit).collect())

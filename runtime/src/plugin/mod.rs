@@ -50,6 +50,47 @@ struct EngineInner {
     /// Where compiled code is kept across runs, by content hash; `None` for
     /// no disk cache.
     cache_dir: Option<PathBuf>,
+    /// Drives the epoch while plugin calls run.
+    ticker: Arc<Ticker>,
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] while at least one
+/// plugin call is running, and sleeps otherwise: an idle process pays no
+/// wake-ups for timeouts it does not need.
+#[derive(Default)]
+pub(crate) struct Ticker {
+    running: std::sync::atomic::AtomicUsize,
+    thread: std::sync::OnceLock<std::thread::Thread>,
+}
+
+impl Ticker {
+    /// Marks a call as running until the guard is dropped.
+    pub(crate) fn running(&self) -> Running<'_> {
+        if self
+            .running
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            == 0
+            && let Some(thread) = self.thread.get()
+        {
+            thread.unpark();
+        }
+        Running(self)
+    }
+
+    fn idle(&self) -> bool {
+        self.running.load(std::sync::atomic::Ordering::Acquire) == 0
+    }
+}
+
+/// A running plugin call, as far as the epoch ticker knows.
+pub(crate) struct Running<'a>(&'a Ticker);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0
+            .running
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl Engine {
@@ -68,17 +109,25 @@ impl Engine {
             linker,
             compiled: Mutex::default(),
             cache_dir,
+            ticker: Arc::default(),
         });
         let weak: Weak<EngineInner> = Arc::downgrade(&inner);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("sluice-epoch".into())
             .spawn(move || {
                 while let Some(inner) = weak.upgrade() {
+                    if inner.ticker.idle() {
+                        drop(inner);
+                        // Woken by the next call; the timeout only notices a dropped engine.
+                        std::thread::park_timeout(std::time::Duration::from_secs(1));
+                        continue;
+                    }
                     inner.engine.increment_epoch();
                     drop(inner);
                     std::thread::sleep(EPOCH_TICK);
                 }
             })?;
+        let _ = inner.ticker.thread.set(thread.thread().clone());
         Ok(Engine { inner })
     }
 
@@ -138,6 +187,7 @@ impl Engine {
             pre,
             hash,
             path: path.to_path_buf(),
+            ticker: self.inner.ticker.clone(),
         })
     }
 }
@@ -215,6 +265,8 @@ pub struct Plugin {
     pre: bindings::ProcessorPre<host::Host>,
     hash: String,
     path: PathBuf,
+    /// The engine's epoch ticker: calls into this plugin keep it running.
+    ticker: Arc<Ticker>,
 }
 
 impl Plugin {
