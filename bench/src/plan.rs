@@ -1,0 +1,317 @@
+//! What one invocation runs: the contestants, the workload shapes (cases)
+//! and the presets that pick them.
+
+use clap::ValueEnum;
+
+/// Who processes the workload. Every contestant is a child process, so all
+/// are measured the same way from outside (/proc CPU and memory, Redis state).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum)]
+#[value(rename_all = "UPPER")]
+pub enum Contestant {
+    /// The limit: the hand-written Rust loop (`sluice-bench limit`).
+    L,
+    /// sluice running the uppercase Wasm plugin.
+    S,
+    /// sluice with no processor (passthrough): the runtime without Wasm.
+    S0,
+    /// The hand-written Python redis-py loop (bench/python_consumer.py).
+    P,
+}
+
+impl Contestant {
+    /// Every contestant, in the order rounds alternate through them.
+    pub const ALL: [Contestant; 4] = [Contestant::L, Contestant::S, Contestant::S0, Contestant::P];
+
+    /// The short name used in tables and plots.
+    pub fn label(self) -> &'static str {
+        match self {
+            Contestant::L => "L",
+            Contestant::S => "S",
+            Contestant::S0 => "S0",
+            Contestant::P => "P",
+        }
+    }
+
+    /// One line for the report's legend.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Contestant::L => {
+                "limit: hand-written Rust loop (redis-rs, one thread per consumer, native uppercase)"
+            }
+            Contestant::S => "sluice release build with the uppercase Wasm plugin",
+            Contestant::S0 => "sluice release build, no processor (passthrough)",
+            Contestant::P => "hand-written Python loop (redis-py, one thread per consumer)",
+        }
+    }
+
+    /// Series colour in the plots.
+    pub fn colour(self) -> &'static str {
+        match self {
+            Contestant::L => "#1f77b4",
+            Contestant::S => "#d62728",
+            Contestant::S0 => "#ff7f0e",
+            Contestant::P => "#2ca02c",
+        }
+    }
+}
+
+/// One workload shape. Every contestant runs the same case on the same data.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Case {
+    /// Payload bytes per message.
+    pub size: usize,
+    /// Consumers per pipeline per process.
+    pub consumers: u32,
+    /// XREADGROUP COUNT.
+    pub batch: u32,
+    /// Independent pipelines (own source and sink streams) in one process.
+    pub pipelines: u32,
+    /// Processes joining the same consumer groups.
+    pub processes: u32,
+    /// Messages in total, split evenly across the pipelines.
+    pub n: u64,
+}
+
+impl Case {
+    /// A human label, e.g. `100 B, c1, b256` or `100 B, c1, b256, 10 pipelines`.
+    pub fn label(&self) -> String {
+        let mut label = format!(
+            "{}, c{}, b{}",
+            size_label(self.size),
+            self.consumers,
+            self.batch
+        );
+        if self.pipelines > 1 {
+            label += &format!(", {} pipelines", self.pipelines);
+        }
+        if self.processes > 1 {
+            label += &format!(", {} processes", self.processes);
+        }
+        label
+    }
+
+    /// A file-name-safe form of [`Case::label`].
+    pub fn slug(&self) -> String {
+        format!(
+            "s{}-c{}-b{}-p{}-x{}",
+            self.size, self.consumers, self.batch, self.pipelines, self.processes
+        )
+    }
+}
+
+/// `100 B`, `4 KiB`.
+pub fn size_label(size: usize) -> String {
+    if size >= 1024 && size.is_multiple_of(1024) {
+        format!("{} KiB", size / 1024)
+    } else {
+        format!("{size} B")
+    }
+}
+
+/// The latency measurement: a paced producer at a rate below saturation.
+#[derive(Clone, Debug)]
+pub struct LatencyPlan {
+    /// Offered messages per second.
+    pub rate: u32,
+    /// Measured seconds per round (after a warm-up that is not counted).
+    pub secs: f64,
+    /// The shape the consumers run with (its `n` is unused).
+    pub case: Case,
+}
+
+/// Everything one invocation runs.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Preset name, for the report.
+    pub preset: &'static str,
+    /// Throughput cases, in run order.
+    pub cases: Vec<Case>,
+    /// Rounds per case; each round runs every contestant once, alternating.
+    pub rounds: usize,
+    /// Who runs.
+    pub contestants: Vec<Contestant>,
+    /// Latency at a fixed rate, if asked.
+    pub latency: Option<LatencyPlan>,
+    /// Pipelines of the idle-memory measurement, if asked.
+    pub idle_pipelines: Option<u32>,
+    /// XREADGROUP BLOCK of every contestant. It only matters when a consumer
+    /// is idle; a short one bounds how long a SIGTERM takes to be noticed.
+    pub block_ms: u64,
+    /// The case that batch and consumer sweeps pivot on.
+    pub reference: Case,
+}
+
+/// The knobs a preset sets; command-line flags override them one by one.
+#[derive(Clone, Debug)]
+pub struct Knobs {
+    /// Payload sizes.
+    pub sizes: Vec<usize>,
+    /// Consumer counts; the first is the reference.
+    pub consumers: Vec<u32>,
+    /// Batch sizes; 256 is the reference if listed, else the first.
+    pub batches: Vec<u32>,
+    /// Messages per run; `None` picks per size (see [`default_n`]).
+    pub n: Option<u64>,
+    /// Rounds per case.
+    pub rounds: usize,
+    /// Pipelines of the multi-pipeline variant (1 = off).
+    pub pipelines: u32,
+    /// Processes of the multi-process variant (1 = off).
+    pub processes: u32,
+    /// Latency offered rate (0 = off).
+    pub latency_rate: u32,
+    /// Latency measured seconds.
+    pub latency_secs: f64,
+    /// Idle-memory pipelines (0 = off).
+    pub idle_pipelines: u32,
+    /// XREADGROUP BLOCK.
+    pub block_ms: u64,
+    /// Contestants.
+    pub contestants: Vec<Contestant>,
+}
+
+impl Knobs {
+    /// About 2 minutes on 2 cores: the reference case at 1 and 4 consumers,
+    /// latency and idle memory. Enough for the headline ratios.
+    pub fn quick() -> Self {
+        Knobs {
+            sizes: vec![100],
+            consumers: vec![1, 4],
+            batches: vec![256],
+            n: None,
+            rounds: 5,
+            pipelines: 1,
+            processes: 1,
+            latency_rate: 5_000,
+            latency_secs: 2.0,
+            idle_pipelines: 10,
+            block_ms: 100,
+            contestants: Contestant::ALL.to_vec(),
+        }
+    }
+
+    /// Every variant; about 8 minutes on 2 cores.
+    pub fn full() -> Self {
+        Knobs {
+            sizes: vec![100, 4096],
+            consumers: vec![1, 2, 4],
+            batches: vec![16, 256, 1024],
+            n: None,
+            rounds: 5,
+            pipelines: 10,
+            processes: 2,
+            latency_rate: 5_000,
+            latency_secs: 3.0,
+            idle_pipelines: 10,
+            block_ms: 100,
+            contestants: Contestant::ALL.to_vec(),
+        }
+    }
+
+    /// The cases: per size, a batch sweep at the reference consumer count
+    /// and a consumer sweep at the reference batch (a star around the
+    /// reference, not the full cross product, to keep the run short); then
+    /// the multi-pipeline and multi-process variants at the reference.
+    pub fn plan(self, preset: &'static str) -> Plan {
+        let ref_consumers = self.consumers[0];
+        let ref_batch = if self.batches.contains(&256) {
+            256
+        } else {
+            self.batches[0]
+        };
+        let n_for = |size: usize| {
+            self.n
+                .map_or_else(|| default_n(size), |n| n.min(default_n(size)))
+        };
+        let case = |size, consumers, batch| Case {
+            size,
+            consumers,
+            batch,
+            pipelines: 1,
+            processes: 1,
+            n: n_for(size),
+        };
+        let mut cases = Vec::new();
+        for &size in &self.sizes {
+            for &batch in &self.batches {
+                cases.push(case(size, ref_consumers, batch));
+            }
+            for &consumers in &self.consumers[1..] {
+                cases.push(case(size, consumers, ref_batch));
+            }
+        }
+        let reference = case(self.sizes[0], ref_consumers, ref_batch);
+        if self.pipelines > 1 {
+            cases.push(Case {
+                pipelines: self.pipelines,
+                ..reference.clone()
+            });
+        }
+        if self.processes > 1 {
+            cases.push(Case {
+                processes: self.processes,
+                ..reference.clone()
+            });
+        }
+        Plan {
+            preset,
+            cases,
+            rounds: self.rounds.max(1),
+            contestants: self.contestants,
+            latency: (self.latency_rate > 0).then(|| LatencyPlan {
+                rate: self.latency_rate,
+                secs: self.latency_secs,
+                case: reference.clone(),
+            }),
+            idle_pipelines: (self.idle_pipelines > 0).then_some(self.idle_pipelines),
+            block_ms: self.block_ms,
+            reference,
+        }
+    }
+}
+
+/// Messages per run for a payload size: 200k (the fastest contestant
+/// needs about half a second, long against the 10 ms CPU tick), fewer for
+/// large payloads so one stream stays under ~160 MiB (4 KiB -> 40k).
+pub fn default_n(size: usize) -> u64 {
+    const BYTES_PER_RUN: u64 = 160 << 20;
+    (BYTES_PER_RUN / size.max(1) as u64).clamp(1_000, 200_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_preset_is_a_star_around_the_reference() {
+        let plan = Knobs::full().plan("full");
+        let labels: Vec<String> = plan.cases.iter().map(Case::label).collect();
+        assert_eq!(
+            labels,
+            [
+                "100 B, c1, b16",
+                "100 B, c1, b256",
+                "100 B, c1, b1024",
+                "100 B, c2, b256",
+                "100 B, c4, b256",
+                "4 KiB, c1, b16",
+                "4 KiB, c1, b256",
+                "4 KiB, c1, b1024",
+                "4 KiB, c2, b256",
+                "4 KiB, c4, b256",
+                "100 B, c1, b256, 10 pipelines",
+                "100 B, c1, b256, 2 processes",
+            ]
+        );
+        assert_eq!(plan.cases[0].n, 200_000);
+        assert_eq!(plan.cases[5].n, 40_960);
+    }
+
+    #[test]
+    fn quick_preset_covers_the_headline_cases() {
+        let plan = Knobs::quick().plan("quick");
+        let labels: Vec<String> = plan.cases.iter().map(Case::label).collect();
+        assert_eq!(labels, ["100 B, c1, b256", "100 B, c4, b256"]);
+        assert!(plan.latency.is_some() && plan.idle_pipelines == Some(10));
+    }
+}

@@ -1,0 +1,475 @@
+//! The results of one invocation, as markdown (stdout and BENCHMARKS.md)
+//! and SVG plots (bench/plots/).
+
+use crate::idle::Idle;
+use crate::latency::Latency;
+use crate::machine::Machine;
+use crate::plan::{Case, Contestant, Plan, size_label};
+use crate::stats::median;
+use crate::svg::{self, Series};
+use crate::throughput::Throughput;
+use anyhow::{Context as _, Result};
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// Per contestant, its rounds of one case in order (`None`: that round failed).
+pub type ByContestant = Vec<(Contestant, Vec<Option<Throughput>>)>;
+
+/// Every measurement of one invocation.
+pub struct Results {
+    /// The machine.
+    pub machine: Machine,
+    /// What was asked.
+    pub plan: Plan,
+    /// The command line, to reproduce the run.
+    pub command: String,
+    /// Per case, per contestant: the rounds.
+    pub throughput: Vec<(Case, ByContestant)>,
+    /// Per contestant, its successful latency rounds.
+    pub latency: Vec<(Contestant, Vec<Latency>)>,
+    /// Per contestant and pipeline count.
+    pub idle: Vec<(Contestant, u32, Idle)>,
+    /// Failures and anything suspicious, for the reader to weigh.
+    pub notes: Vec<String>,
+}
+
+/// The median of one contestant's rounds in one case.
+struct Summary {
+    rate: f64,
+    low: f64,
+    high: f64,
+    consumer_cpu: f64,
+    redis_cpu: f64,
+    peak_kib: u64,
+    rounds: usize,
+}
+
+fn summarise(rounds: &[Option<Throughput>]) -> Option<Summary> {
+    let runs: Vec<&Throughput> = rounds.iter().flatten().collect();
+    if runs.is_empty() {
+        return None;
+    }
+    let rates: Vec<f64> = runs.iter().map(|r| r.rate).collect();
+    Some(Summary {
+        rate: median(&rates),
+        low: rates.iter().copied().fold(f64::INFINITY, f64::min),
+        high: rates.iter().copied().fold(0.0, f64::max),
+        consumer_cpu: median(&runs.iter().map(|r| r.consumer_cpu).collect::<Vec<_>>()),
+        redis_cpu: median(&runs.iter().map(|r| r.redis_cpu).collect::<Vec<_>>()),
+        peak_kib: runs.iter().map(|r| r.peak_kib).max().unwrap_or(0),
+        rounds: runs.len(),
+    })
+}
+
+impl Results {
+    /// No measurements yet.
+    pub fn new(machine: Machine, plan: Plan, command: String) -> Self {
+        Results {
+            machine,
+            plan,
+            command,
+            throughput: Vec::new(),
+            latency: Vec::new(),
+            idle: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    /// Records `problems` of the measurement named `context`.
+    pub fn note(&mut self, context: &str, problems: Vec<String>) {
+        self.notes
+            .extend(problems.into_iter().map(|p| format!("{context}: {p}")));
+    }
+
+    fn rounds(&self, case: &Case, who: Contestant) -> Option<&[Option<Throughput>]> {
+        self.throughput
+            .iter()
+            .find(|(c, _)| c == case)
+            .and_then(|(_, by)| by.iter().find(|(w, _)| *w == who))
+            .map(|(_, rounds)| rounds.as_slice())
+    }
+
+    fn summary(&self, case: &Case, who: Contestant) -> Option<Summary> {
+        self.rounds(case, who).and_then(summarise)
+    }
+
+    /// `who`'s throughput over L's, as the median of the per-round ratios:
+    /// a round's runs are adjacent in time, so pairing them cancels most of
+    /// the drift in machine load that a ratio of medians would keep.
+    fn ratio_to_limit(&self, case: &Case, who: Contestant) -> Option<f64> {
+        let (runs, limit) = (self.rounds(case, who)?, self.rounds(case, Contestant::L)?);
+        let ratios: Vec<f64> = runs
+            .iter()
+            .zip(limit)
+            .filter_map(|(r, l)| Some(r.as_ref()?.rate / l.as_ref()?.rate))
+            .collect();
+        (!ratios.is_empty()).then(|| median(&ratios))
+    }
+
+    /// Writes the plots into `plots_dir` and returns the markdown, with
+    /// plot links relative to `link_base`.
+    pub fn render(&self, plots_dir: &Path, link_base: &str) -> Result<String> {
+        let mut md = String::new();
+        self.header(&mut md);
+        self.ratios(&mut md);
+        self.throughput_table(&mut md);
+        self.latency_table(&mut md);
+        self.idle_table(&mut md);
+        let plots = self.plots(plots_dir)?;
+        if !plots.is_empty() {
+            md.push_str("\n## Plots\n\n");
+            for (title, file) in plots {
+                let _ = writeln!(md, "![{title}]({link_base}/{file})\n");
+            }
+        }
+        md.push_str("\n## Notes\n\n");
+        if self.notes.is_empty() {
+            md.push_str(
+                "- nothing suspicious: every run finished, exited cleanly and logged no warnings\n",
+            );
+        }
+        for note in &self.notes {
+            let _ = writeln!(md, "- {note}");
+        }
+        Ok(md)
+    }
+
+    fn header(&self, md: &mut String) {
+        let p = &self.plan;
+        let _ = write!(
+            md,
+            "# Sluice benchmarks\n\n\
+             Generated by `{}` (preset `{}`). See bench/README.md for what is measured and how to read it.\n\n\
+             ## Machine\n\n{}\n\
+             ## Method\n\n\
+             - Contestants:\n",
+            self.command,
+            p.preset,
+            self.machine.markdown()
+        );
+        for c in &p.contestants {
+            let _ = writeln!(md, "  - **{}**: {}", c.label(), c.describe());
+        }
+        let _ = write!(
+            md,
+            "- Workload: a preloaded stream of N messages with one field `payload` (random lowercase ASCII); \
+             read with XREADGROUP, `payload` uppercased, XADD to an output stream, XACK. \
+             A fresh redis-server (`--save \"\" --appendonly no`), emptied and preloaded before every run.\n\
+             - Timing rule, the same for every contestant: the clock starts when the first output entry appears \
+             (process start-up, plugin compilation and imports excluded) and stops when all N outputs exist \
+             and nothing is pending; messages already out at the start are not counted. \
+             CPU (utime+stime from /proc) is sampled at the same two instants.\n\
+             - {} rounds per case; contestants alternate within each round; figures are medians over rounds, \
+             ratios to L medians of per-round ratios. \
+             XREADGROUP BLOCK {} ms for everyone.\n\
+             - Peak RSS is VmHWM of the largest contestant process (start-up included).\n",
+            p.rounds, p.block_ms
+        );
+    }
+
+    fn ratios(&self, md: &mut String) {
+        md.push_str("\n## Throughput relative to the limit\n\n| case | N | L msg/s |");
+        let others: Vec<Contestant> = self
+            .plan
+            .contestants
+            .iter()
+            .copied()
+            .filter(|&c| c != Contestant::L)
+            .collect();
+        for c in &others {
+            let _ = write!(md, " {}/L |", c.label());
+        }
+        md.push_str("\n|---|---:|---:|");
+        md.push_str(&"---:|".repeat(others.len()));
+        md.push('\n');
+        for (case, _) in &self.throughput {
+            let limit = self.summary(case, Contestant::L);
+            let _ = write!(
+                md,
+                "| {} | {} | {} |",
+                case.label(),
+                thousands(case.n as f64),
+                limit.as_ref().map_or("-".into(), |l| thousands(l.rate))
+            );
+            for &c in &others {
+                let ratio = self
+                    .ratio_to_limit(case, c)
+                    .map_or("-".into(), |r| format!("{r:.2}"));
+                let _ = write!(md, " {ratio} |");
+            }
+            md.push('\n');
+        }
+    }
+
+    fn throughput_table(&self, md: &mut String) {
+        md.push_str(
+            "\n## Throughput, CPU and memory\n\n\
+             `vs L` is the median of per-round throughput ratios; `CPU vs L` compares consumer CPU per message.\n\n\
+             | case | who | msg/s (median) | min-max | vs L | CPU s/M msgs (consumer) | CPU vs L | CPU s/M msgs (redis) | peak RSS MiB | rounds |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for (case, by) in &self.throughput {
+            let limit = self.summary(case, Contestant::L);
+            for (who, _) in by {
+                let Some(s) = self.summary(case, *who) else {
+                    let _ = writeln!(
+                        md,
+                        "| {} | {} | failed | | | | | | | 0 |",
+                        case.label(),
+                        who.label()
+                    );
+                    continue;
+                };
+                let vs = self
+                    .ratio_to_limit(case, *who)
+                    .map_or("-".into(), |r| format!("{r:.2}"));
+                let cpu_vs = limit.as_ref().map_or("-".into(), |l| {
+                    format!("{:.2}", s.consumer_cpu / l.consumer_cpu)
+                });
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {}-{} | {vs} | {:.2} | {cpu_vs} | {:.2} | {:.1} | {} |",
+                    case.label(),
+                    who.label(),
+                    thousands(s.rate),
+                    thousands(s.low),
+                    thousands(s.high),
+                    s.consumer_cpu,
+                    s.redis_cpu,
+                    s.peak_kib as f64 / 1024.0,
+                    s.rounds
+                );
+            }
+        }
+    }
+
+    fn latency_table(&self, md: &mut String) {
+        let Some(plan) = &self.plan.latency else {
+            return;
+        };
+        let _ = write!(
+            md,
+            "\n## End-to-end latency at {} msg/s ({})\n\n\
+             A paced producer XADDs with a µs wall-clock stamp; a reader XREADs the output and records now - stamp. \
+             {:.0} s measured after a 0.5 s warm-up, per round; contestants alternate round by round. \
+             Percentiles are medians over the rounds (tails on a shared machine are noisy); max is the worst message of all rounds.\n\n\
+             | who | p50 ms | p90 ms | p99 ms | max ms | received/sent | rounds |\n|---|---:|---:|---:|---:|---:|---:|\n",
+            thousands(f64::from(plan.rate)),
+            plan.case.label(),
+            plan.secs
+        );
+        for (who, rounds) in &self.latency {
+            if rounds.is_empty() {
+                let _ = writeln!(md, "| {} | failed | | | | |", who.label());
+                continue;
+            }
+            // Median of the rounds' percentiles; the worst single message.
+            let ms = |pick: fn(&Latency) -> u64| {
+                let v: Vec<f64> = rounds.iter().map(|l| pick(l) as f64).collect();
+                format!("{:.2}", median(&v) / 1000.0)
+            };
+            let worst = rounds.iter().map(|l| l.max).max().unwrap_or(0);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {:.2} | {}/{} | {} |",
+                who.label(),
+                ms(|l| l.p50),
+                ms(|l| l.p90),
+                ms(|l| l.p99),
+                worst as f64 / 1000.0,
+                rounds.iter().map(|l| l.received).sum::<u64>(),
+                rounds.iter().map(|l| l.sent).sum::<u64>(),
+                rounds.len()
+            );
+        }
+    }
+
+    fn idle_table(&self, md: &mut String) {
+        if self.idle.is_empty() {
+            return;
+        }
+        md.push_str(
+            "\n## One idle process\n\n\
+             Pipelines with 1 consumer each that have passed one message and wait on empty streams \
+             (XREADGROUP BLOCK as above). Idle CPU: milliseconds of CPU per second over 3 s, from per-thread schedstat.\n\n\
+             | who | pipelines | RSS MiB | peak RSS MiB | idle CPU ms/s |\n|---|---:|---:|---:|---:|\n",
+        );
+        for (who, pipelines, idle) in &self.idle {
+            let _ = writeln!(
+                md,
+                "| {} | {pipelines} | {:.1} | {:.1} | {:.2} |",
+                who.label(),
+                idle.memory.rss_kib as f64 / 1024.0,
+                idle.memory.peak_kib as f64 / 1024.0,
+                idle.cpu_ms_per_s
+            );
+        }
+    }
+
+    /// Throughput against batch size and against consumers, per payload
+    /// size, the other axis held at the reference case. Returns (title, file).
+    fn plots(&self, dir: &Path) -> Result<Vec<(String, String)>> {
+        let reference = &self.plan.reference;
+        let mut sizes: Vec<usize> = self.throughput.iter().map(|(c, _)| c.size).collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        let mut written = Vec::new();
+        for size in sizes {
+            for axis in &AXES {
+                let mut cases: Vec<&Case> = self
+                    .throughput
+                    .iter()
+                    .map(|(c, _)| c)
+                    .filter(|c| c.size == size && c.pipelines == 1 && c.processes == 1)
+                    .filter(|c| (axis.held)(c) == (axis.held)(reference))
+                    .collect();
+                cases.sort_by_key(|c| (axis.x)(c));
+                if cases.len() < 2 {
+                    continue;
+                }
+                let title = format!(
+                    "Throughput vs {}, {}, {} {}",
+                    axis.name,
+                    size_label(size),
+                    axis.held_name,
+                    (axis.held)(reference)
+                );
+                let xs: Vec<String> = cases.iter().map(|c| (axis.x)(c).to_string()).collect();
+                let series: Vec<Series> = self
+                    .plan
+                    .contestants
+                    .iter()
+                    .map(|&who| Series {
+                        name: who.label(),
+                        colour: who.colour(),
+                        values: cases
+                            .iter()
+                            .map(|c| self.summary(c, who).map(|s| s.rate))
+                            .collect(),
+                    })
+                    .collect();
+                let file = format!(
+                    "throughput-vs-{}-{}.svg",
+                    axis.name,
+                    size_label(size).replace(' ', "")
+                );
+                std::fs::create_dir_all(dir)?;
+                let path = dir.join(&file);
+                std::fs::write(
+                    &path,
+                    svg::line_chart(&title, axis.label, &xs, "messages / s", &series),
+                )
+                .with_context(|| format!("writing {}", path.display()))?;
+                written.push((title, file));
+            }
+        }
+        Ok(written)
+    }
+}
+
+/// One plot axis: the knob on x, and the knob held at the reference.
+struct Axis {
+    name: &'static str,
+    label: &'static str,
+    x: fn(&Case) -> u32,
+    held_name: &'static str,
+    held: fn(&Case) -> u32,
+}
+
+const AXES: [Axis; 2] = [
+    Axis {
+        name: "batch",
+        label: "batch size (XREADGROUP COUNT)",
+        x: |c| c.batch,
+        held_name: "consumers",
+        held: |c| c.consumers,
+    },
+    Axis {
+        name: "consumers",
+        label: "consumers per pipeline",
+        x: |c| c.consumers,
+        held_name: "batch",
+        held: |c| c.batch,
+    },
+];
+
+/// `165432.1` -> `165,432`.
+pub fn thousands(v: f64) -> String {
+    if !v.is_finite() {
+        return "-".into();
+    }
+    let digits = format!("{:.0}", v.max(0.0));
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(rate: f64) -> Option<Throughput> {
+        Some(Throughput {
+            rate,
+            consumer_cpu: 1.0,
+            redis_cpu: 1.0,
+            peak_kib: 1024,
+        })
+    }
+
+    fn results() -> Results {
+        let machine = Machine {
+            nproc: 2,
+            cpu: "cpu".into(),
+            memory_gib: 1.0,
+            redis: "7".into(),
+            rustc: "rustc".into(),
+            python: "py".into(),
+            kernel: "k".into(),
+            date: "d".into(),
+            sluice_built: "b".into(),
+        };
+        let mut plan = crate::plan::Knobs::quick().plan("quick");
+        plan.contestants = vec![Contestant::L, Contestant::S];
+        let mut results = Results::new(machine, plan.clone(), "cmd".into());
+        for case in &plan.cases {
+            // The machine slows down by half in round 2; S is half of L throughout.
+            let l = vec![run(100.0), run(50.0), None];
+            let s = vec![run(50.0), run(25.0), run(40.0)];
+            results
+                .throughput
+                .push((case.clone(), vec![(Contestant::L, l), (Contestant::S, s)]));
+        }
+        results
+    }
+
+    #[test]
+    fn ratios_pair_rounds() {
+        let r = results();
+        let case = &r.plan.cases[0];
+        // Paired: 0.5 and 0.5 (round 3 has no L). A ratio of medians would say 40/75.
+        assert_eq!(r.ratio_to_limit(case, Contestant::S), Some(0.5));
+    }
+
+    #[test]
+    fn renders_one_plot_per_axis_and_size() {
+        let dir = std::env::temp_dir().join(format!("sluice-bench-test-{}", std::process::id()));
+        let md = results().render(&dir, "plots").unwrap();
+        assert_eq!(md.matches("![Throughput vs consumers, 100 B").count(), 1);
+        assert!(md.contains("| 100 B, c1, b256 | 200,000 | 75 | 0.50 |"));
+        assert!(dir.join("throughput-vs-consumers-100B.svg").is_file());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(165_432.4), "165,432");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(1_000.0), "1,000");
+    }
+}
