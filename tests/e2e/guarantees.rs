@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use redis::Connection;
 
 use crate::support::logs::{lines_with, lines_with_all};
-use crate::support::pipeline::{GROUP, IN, OUT};
+use crate::support::pipeline::{GROUP, IN, OUT, stream_source};
 use crate::support::streams::{
     Entry, group_exists, last_delivered_id, parse_id, pending_count, pending_entries, pending_ids,
     xadd_many, xlen, xrange_all,
@@ -69,17 +69,7 @@ impl Spec {
             .unwrap_or_default();
         write!(
             toml,
-            r#"[redis]
-url = "{url}"
-
-[source]
-type = "stream"
-stream = "{IN}"
-group = "{GROUP}"
-start = "0"
-block_ms = 100
-{source}
-
+            r#"{head}
 [[processor]]
 plugin = '{plugin}'
 {processor}
@@ -93,8 +83,7 @@ type = "stream"
 stream = "{OUT}"
 {sink_url}
 "#,
-            url = redis.url(),
-            source = self.source,
+            head = stream_source(redis, &self.source),
             plugin = plugin("faults").display(),
             processor = self.processor,
             config = self.config,

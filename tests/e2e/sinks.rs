@@ -13,7 +13,7 @@ use std::time::Instant;
 use redis::Connection;
 use serde_json::Value;
 
-use crate::support::pipeline::{GROUP, IN};
+use crate::support::pipeline::{GROUP, IN, stream_source};
 use crate::support::streams::{
     group_exists, pending_count, pending_ids, xadd_many, xlen, xrange_all,
 };
@@ -42,21 +42,11 @@ fn pipeline(
         })
         .unwrap_or_default();
     let toml = format!(
-        r#"[redis]
-url = "{url}"
-
-[source]
-type = "stream"
-stream = "{IN}"
-group = "{GROUP}"
-start = "0"
-block_ms = 100
-{source}
-
+        r#"{head}
 {processor}
 {sinks}
 "#,
-        url = redis.url(),
+        head = stream_source(redis, source),
     );
     Pipeline::write("sinks", &toml)
 }

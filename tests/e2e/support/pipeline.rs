@@ -19,6 +19,17 @@ pub const OUT: &str = "out";
 /// The consumer group of [`Pipeline::stream_to_stream`].
 pub const GROUP: &str = "e2e";
 
+/// The `[redis]` and `[source]` tables every stream test pipeline starts
+/// with: stream [`IN`], group [`GROUP`], read from the start of the stream
+/// (so preloaded messages are read), a short `block_ms` so shutdown is
+/// quick; `source` adds lines to `[source]`.
+pub fn stream_source(redis: &RedisServer, source: &str) -> String {
+    format!(
+        "[redis]\nurl = \"{url}\"\n\n[source]\ntype = \"stream\"\nstream = \"{IN}\"\ngroup = \"{GROUP}\"\nstart = \"0\"\nblock_ms = 100\n{source}\n",
+        url = redis.url()
+    )
+}
+
 /// A pipeline file in its own temp dir.
 pub struct Pipeline {
     _dir: TempDir,
@@ -47,17 +58,7 @@ impl Pipeline {
     ) -> Self {
         let plugin = plugin(plugin_name);
         let toml = format!(
-            r#"[redis]
-url = "{url}"
-
-[source]
-type = "stream"
-stream = "{IN}"
-group = "{GROUP}"
-start = "0"
-block_ms = 100
-{source}
-
+            r#"{head}
 [[processor]]
 plugin = '{plugin}'
 
@@ -69,7 +70,7 @@ name = "out"
 type = "stream"
 stream = "{OUT}"
 "#,
-            url = redis.url(),
+            head = stream_source(redis, source),
             plugin = plugin.display(),
         );
         Self::write("e2e", &toml)
