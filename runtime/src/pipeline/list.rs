@@ -6,10 +6,10 @@
 //! the queue with a delivery counted; a reclaimer returns the items of
 //! consumers whose heartbeat expired.
 
-use super::{Shared, count, log_status, retry_outage, run_chain, write_dead_letters};
-use crate::ack::{self, Status};
+use super::{Shared, retry_outage, run_chain};
+use crate::ack;
 use crate::conn::{self, Outage};
-use crate::message::{Failure, Message};
+use crate::message::Message;
 use crate::plugin::Chain;
 use crate::source::list::{self as source, Keys};
 use anyhow::Result;
@@ -146,24 +146,9 @@ async fn process_batch(
         statuses.extend(ack::deliver(&fresh, outcomes, &s.sinks, max, stop).await);
         done.extend(fresh);
     }
-    let mut rejected: Vec<(&Message, &Failure)> = Vec::new();
-    let (mut acked, mut again): (Vec<&[u8]>, Vec<&[u8]>) = (Vec::new(), Vec::new());
-    for (msg, status) in done.iter().zip(&statuses) {
-        log_status(p.dead_letter(), msg, status);
-        match status {
-            Status::Delivered | Status::Dropped(_) => acked.push(source::item(msg)),
-            Status::Errored(_) => again.push(source::item(msg)),
-            Status::Rejected(f) => rejected.push((msg, f)),
-        }
-    }
-    match write_dead_letters(conn, p, p.dead_letter(), &rejected).await {
-        // Removed from the processing list only once the dead letter is written.
-        Ok(()) => acked.extend(rejected.iter().map(|(m, _)| source::item(m))),
-        Err(e) => error!(
-            count = rejected.len(),
-            "cannot write dead letters: {e}; the items stay in the processing list"
-        ),
-    }
+    let sorted = super::sort_statuses(conn, p, p.dead_letter(), &done, &statuses).await;
+    let acked: Vec<&[u8]> = sorted.done.iter().map(|m| source::item(m)).collect();
+    let again: Vec<&[u8]> = sorted.retry.iter().map(|m| source::item(m)).collect();
     let settled = retry_outage(&p.name, "settling list items", || {
         let (mut c, acked, again) = (conn.clone(), &acked, &again);
         async move { source::settle(&mut c, keys, consumer, acked, again).await }
@@ -175,7 +160,6 @@ async fn process_batch(
             "cannot settle items: {e}; they stay in the processing list and will be redelivered"
         );
     }
-    count(p, &statuses);
 }
 
 /// Returns the items of consumers whose heartbeat expired to the queue.

@@ -170,6 +170,50 @@ fn unsettled(msg: &Message, max_deliveries: u32) -> Status {
     })
 }
 
+/// A settled batch, sorted by what its source must still do.
+struct Sorted<'a> {
+    /// Delivered, dropped, or dead-lettered with the dead letter written:
+    /// the source acks these.
+    done: Vec<&'a Message>,
+    /// Failed, to be delivered again.
+    retry: Vec<&'a Message>,
+}
+
+/// What every source does with a processed batch: logs and counts each
+/// message's status, writes the dead letters (to `dead_letter`), and sorts
+/// the batch. A rejected message is done only once its dead letter is
+/// written; otherwise it is neither done nor retried and stays unsettled.
+async fn sort_statuses<'a>(
+    conn: &ConnectionManager,
+    p: &Pipeline,
+    dead_letter: &str,
+    batch: &'a [Message],
+    statuses: &'a [Status],
+) -> Sorted<'a> {
+    let mut sorted = Sorted {
+        done: Vec::with_capacity(batch.len()),
+        retry: Vec::new(),
+    };
+    let mut rejected: Vec<(&Message, &Failure)> = Vec::new();
+    for (msg, status) in batch.iter().zip(statuses) {
+        log_status(dead_letter, msg, status);
+        match status {
+            Status::Delivered | Status::Dropped(_) => sorted.done.push(msg),
+            Status::Errored(_) => sorted.retry.push(msg),
+            Status::Rejected(f) => rejected.push((msg, f)),
+        }
+    }
+    match write_dead_letters(conn, p, dead_letter, &rejected).await {
+        Ok(()) => sorted.done.extend(rejected.iter().map(|(m, _)| *m)),
+        Err(e) => error!(
+            count = rejected.len(),
+            "cannot write dead letters to {dead_letter}: {e}; those messages are not settled"
+        ),
+    }
+    count(p, statuses);
+    sorted
+}
+
 /// Writes dead letters for `rejected` (message, why) to `stream`, retrying
 /// through an outage. Only after this succeeds may the messages be acked.
 async fn write_dead_letters(

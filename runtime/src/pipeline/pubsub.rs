@@ -14,10 +14,10 @@
 //! A failed message is retried in this process up to `max_deliveries`
 //! times (nothing can redeliver it later), then dead-lettered.
 
-use super::{Shared, count, log_status, run_chain, write_dead_letters};
-use crate::ack::{self, Status};
+use super::{Shared, run_chain};
+use crate::ack;
 use crate::conn::{self, Outage};
-use crate::message::{Failure, Message};
+use crate::message::Message;
 use crate::plugin::Chain;
 use anyhow::Result;
 use futures::StreamExt;
@@ -209,25 +209,12 @@ async fn consume(s: Arc<Shared>, rx: Arc<Mutex<mpsc::Receiver<Message>>>, stop: 
         };
         let statuses =
             ack::deliver(&batch, outcomes, &s.sinks, p.source.max_deliveries, &stop).await;
-        let mut rejected: Vec<(&Message, &Failure)> = Vec::new();
-        for (msg, status) in batch.iter().zip(&statuses) {
-            log_status(p.dead_letter(), msg, status);
-            match status {
-                Status::Errored(_) => retry.push(Message {
-                    deliveries: msg.deliveries + 1,
-                    ..msg.clone()
-                }),
-                Status::Rejected(f) => rejected.push((msg, f)),
-                Status::Delivered | Status::Dropped(_) => {}
-            }
-        }
-        if let Err(e) = write_dead_letters(&conn, p, p.dead_letter(), &rejected).await {
-            error!(
-                count = rejected.len(),
-                "cannot write dead letters, messages lost (pub/sub keeps nothing): {e}"
-            );
-        }
-        count(p, &statuses);
+        // Nothing can redeliver a pub/sub message later: retry it here.
+        let sorted = super::sort_statuses(&conn, p, p.dead_letter(), &batch, &statuses).await;
+        retry.extend(sorted.retry.into_iter().map(|m| Message {
+            deliveries: m.deliveries + 1,
+            ..m.clone()
+        }));
     }
 }
 

@@ -485,38 +485,10 @@ async fn settle_atomic(
 /// dead-lettered in one XACK. Errored messages are logged and left pending.
 async fn settle(s: &Shared, conn: &mut ConnectionManager, batch: &[Message], statuses: &[Status]) {
     let p = &s.pipeline;
-    let mut ack_ids: Vec<&str> = Vec::with_capacity(batch.len());
-    let mut dead = redis::pipe();
-    let mut dead_ids = Vec::new();
-    for (msg, status) in batch.iter().zip(statuses) {
-        log_status(p.dead_letter(), msg, status);
-        match status {
-            Status::Delivered | Status::Dropped(_) => ack_ids.push(&msg.id),
-            Status::Errored(_) => {}
-            Status::Rejected(f) => {
-                let cmd = dead.cmd("XADD").arg(p.dead_letter()).arg("*");
-                for (k, v) in ack::dead_letter_fields(msg, f, p.group(), &p.name) {
-                    cmd.arg(k).arg(v);
-                }
-                dead_ids.push(msg.id.as_str());
-            }
-        }
-    }
-    if !dead_ids.is_empty() {
-        let written = retry_outage(&p.name, "writing dead letters", || {
-            let mut c = conn.clone();
-            let dead = dead.clone();
-            async move { dead.query_async::<()>(&mut c).await }
-        })
-        .await;
-        match written {
-            // Acked only once the dead letter is safely written.
-            Ok(()) => ack_ids.extend(dead_ids),
-            Err(e) => error!(ids = ?dead_ids, "cannot write dead letters: {e}; they stay pending"),
-        }
-    }
-    settle_acks(conn, p, &ack_ids).await;
-    count(p, statuses);
+    let sorted = super::sort_statuses(conn, p, p.dead_letter(), batch, statuses).await;
+    // Failed entries stay pending: the reclaimer delivers them again.
+    let ids: Vec<&str> = sorted.done.iter().map(|m| m.id.as_str()).collect();
+    settle_acks(conn, p, &ids).await;
 }
 
 async fn settle_acks(conn: &mut ConnectionManager, p: &Pipeline, ids: &[&str]) {
