@@ -278,8 +278,19 @@ async fn on_signal(cancel: CancellationToken) {
 
 async fn validate(paths: Vec<PathBuf>) -> Result<ExitCode> {
     let engine = Engine::new(sluice::plugin::default_cache_dir())?;
+    let files = sluice::config::pipeline_files(&paths)?;
+    if files.is_empty() {
+        anyhow::bail!(
+            "no pipeline files (*.toml) in {}",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let (valid, errors) =
-        tokio::task::spawn_blocking(move || supervisor::load_all(&paths, &engine)).await??;
+        tokio::task::spawn_blocking(move || supervisor::load_all(&files, &engine)).await?;
     for p in &valid {
         println!("ok: {} ({})", p.file.display(), p.name);
     }

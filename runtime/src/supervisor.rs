@@ -28,16 +28,16 @@ use tracing::{error, info, warn};
 /// How long shutdown waits for pipelines to finish their in-flight batches.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(60);
 
-/// Loads and validates the pipeline files under `paths` (plugins compiled
-/// and link-checked). Returns the valid pipelines and the errors of the rest.
-pub fn load_all(paths: &[PathBuf], engine: &Engine) -> Result<(Vec<Pipeline>, Vec<ConfigError>)> {
-    let files = config::pipeline_files(paths)?;
+/// Loads and validates pipeline `files` (see [`config::pipeline_files`];
+/// plugins compiled and link-checked). Returns the valid pipelines and the
+/// errors of the rest.
+pub fn load_all(files: &[PathBuf], engine: &Engine) -> (Vec<Pipeline>, Vec<ConfigError>) {
     let check = |path: &Path| engine.load(path).map(drop).map_err(|e| format!("{e:#}"));
     let mut valid: Vec<Pipeline> = Vec::new();
     let mut errors = Vec::new();
     let mut names: HashMap<String, PathBuf> = HashMap::new();
     for file in files {
-        match config::load_file(&file, &check) {
+        match config::load_file(file, &check) {
             Ok(p) => {
                 if let Some(other) = names.get(&p.name) {
                     errors.push(ConfigError {
@@ -53,13 +53,13 @@ pub fn load_all(paths: &[PathBuf], engine: &Engine) -> Result<(Vec<Pipeline>, Ve
                     });
                     continue;
                 }
-                names.insert(p.name.clone(), file);
+                names.insert(p.name.clone(), file.clone());
                 valid.push(p);
             }
             Err(errs) => errors.extend(errs),
         }
     }
-    Ok((valid, errors))
+    (valid, errors)
 }
 
 /// A pipeline that is running.
@@ -170,10 +170,11 @@ impl Supervisor {
 
     /// Loads every pipeline file and brings the running set in line with it.
     async fn reload_pipelines(&mut self) -> Result<()> {
-        let (paths, engine) = (self.paths.clone(), self.ctx.engine.clone());
+        let (paths, engine) = (&self.paths, self.ctx.engine.clone());
         let files = config::pipeline_files(&paths)?;
+        let listed = files.clone();
         let (valid, errors) =
-            tokio::task::spawn_blocking(move || load_all(&paths, &engine)).await??;
+            tokio::task::spawn_blocking(move || load_all(&listed, &engine)).await?;
         let invalid: HashSet<PathBuf> = errors.iter().map(|e| watch::normalize(&e.file)).collect();
         for e in &errors {
             let file = watch::normalize(&e.file);
