@@ -171,7 +171,7 @@ impl Supervisor {
     /// Loads every pipeline file and brings the running set in line with it.
     async fn reload_pipelines(&mut self) -> Result<()> {
         let (paths, engine) = (&self.paths, self.ctx.engine.clone());
-        let files = config::pipeline_files(&paths)?;
+        let files = config::pipeline_files(paths)?;
         let listed = files.clone();
         let (valid, errors) =
             tokio::task::spawn_blocking(move || load_all(&listed, &engine)).await?;
