@@ -125,6 +125,50 @@ fn tally(entries: &[Entry], n: usize) -> Vec<usize> {
     counts
 }
 
+/// A pipeline whose every batch takes 3 × `claim_idle_ms` (the faults plugin sleeps), with
+/// `consumers` consumers: slow enough that only leases keep its work from being reclaimed.
+fn slow_pipeline(redis: &RedisServer, consumers: u32, claim_idle_ms: u64) -> Pipeline {
+    Spec {
+        processor: format!("timeout_ms = {}", 10 * claim_idle_ms),
+        ..Spec::new(
+            &format!("consumers = {consumers}\nbatch = 20\nclaim_idle_ms = {claim_idle_ms}"),
+            &format!("sleep_ms = {}", 3 * claim_idle_ms),
+        )
+    }
+    .write(redis)
+}
+
+/// Asserts that nothing is pending and every one of `inputs` reached the sink exactly once;
+/// prints the counts under `label`. `context` ends the failure message.
+fn assert_each_input_once(
+    con: &mut Connection,
+    label: &str,
+    inputs: usize,
+    reclaims: usize,
+    context: &str,
+) {
+    let outputs = xrange_all(con, OUT);
+    let counts = tally(&outputs, inputs);
+    let duplicates = outputs.len() - counts.iter().filter(|&&n| n > 0).count();
+    println!(
+        "{label}: inputs {inputs}, outputs {}, duplicates {duplicates}, reclaims logged {reclaims}",
+        outputs.len()
+    );
+    assert_eq!(pending_count(con, IN, GROUP), 0, "pending at the end");
+    let wrong: Vec<(usize, usize)> = counts
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|&(_, n)| n != 1)
+        .take(10)
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "inputs not exactly once in the sink, (index, count): {wrong:?}; {duplicates} \
+         duplicates, {reclaims} reclaims logged{context}"
+    );
+}
+
 /// Milliseconds since the epoch: the clock Redis stamps stream entry ids with (same host).
 fn now_ms() -> u64 {
     let since = SystemTime::now()
@@ -950,14 +994,7 @@ fn leases_keep_slow_batches_from_being_processed_twice() {
     let redis = RedisServer::new();
     let mut con = redis.conn();
     let ids = xadd_many(&mut con, IN, INPUTS, index_only);
-    let pipeline = Spec {
-        processor: format!("timeout_ms = {}", 10 * CLAIM_IDLE_MS),
-        ..Spec::new(
-            &format!("consumers = 2\nbatch = 20\nclaim_idle_ms = {CLAIM_IDLE_MS}"),
-            &format!("sleep_ms = {}", 3 * CLAIM_IDLE_MS),
-        )
-    }
-    .write(&redis);
+    let pipeline = slow_pipeline(&redis, 2, CLAIM_IDLE_MS);
 
     let mut first = start(&pipeline);
     let mut second = start(&pipeline);
@@ -970,27 +1007,8 @@ fn leases_keep_slow_batches_from_being_processed_twice() {
     first.shutdown();
     second.shutdown();
 
-    let outputs = xrange_all(&mut con, OUT);
-    let counts = tally(&outputs, INPUTS);
-    let duplicates = outputs.len() - counts.iter().filter(|&&n| n > 0).count();
-    println!(
-        "leases: inputs {INPUTS}, outputs {}, duplicates {duplicates}, reclaims logged {reclaims}",
-        outputs.len()
-    );
-    assert_eq!(pending_count(&mut con, IN, GROUP), 0, "pending at the end");
+    assert_each_input_once(&mut con, "leases", INPUTS, reclaims, "");
     assert_eq!(xlen(&mut con, DEAD), 0, "dead letters");
-    let wrong: Vec<(usize, usize)> = counts
-        .iter()
-        .copied()
-        .enumerate()
-        .filter(|&(_, n)| n != 1)
-        .take(10)
-        .collect();
-    assert!(
-        wrong.is_empty(),
-        "inputs not exactly once in the sink, (index, count): {wrong:?}; {duplicates} \
-         duplicates, {reclaims} reclaims logged"
-    );
 }
 
 /// Leases cover reclaimed work too: what a killed process held, reclaimed by a survivor whose
@@ -1004,14 +1022,7 @@ fn reclaimed_work_waiting_for_a_busy_consumer_is_not_processed_twice() {
     let redis = RedisServer::new();
     let mut con = redis.conn();
     let ids = xadd_many(&mut con, IN, INPUTS, index_only);
-    let pipeline = Spec {
-        processor: format!("timeout_ms = {}", 10 * CLAIM_IDLE_MS),
-        ..Spec::new(
-            &format!("consumers = 1\nbatch = 20\nclaim_idle_ms = {CLAIM_IDLE_MS}"),
-            &format!("sleep_ms = {}", 3 * CLAIM_IDLE_MS),
-        )
-    }
-    .write(&redis);
+    let pipeline = slow_pipeline(&redis, 1, CLAIM_IDLE_MS);
 
     let mut victim = start(&pipeline);
     let victim_pid = victim.pid();
@@ -1027,26 +1038,12 @@ fn reclaimed_work_waiting_for_a_busy_consumer_is_not_processed_twice() {
     let reclaims = lines_with(&survivor.log(), "reclaimed idle entries").len();
     survivor.shutdown();
 
-    let outputs = xrange_all(&mut con, OUT);
-    let counts = tally(&outputs, INPUTS);
-    let duplicates = outputs.len() - counts.iter().filter(|&&n| n > 0).count();
-    println!(
-        "reclaimed work behind a busy consumer: inputs {INPUTS}, outputs {}, duplicates \
-         {duplicates}, reclaims logged {reclaims}",
-        outputs.len()
-    );
-    assert_eq!(pending_count(&mut con, IN, GROUP), 0, "pending at the end");
-    let wrong: Vec<(usize, usize)> = counts
-        .iter()
-        .copied()
-        .enumerate()
-        .filter(|&(_, n)| n != 1)
-        .take(10)
-        .collect();
-    assert!(
-        wrong.is_empty(),
-        "inputs not exactly once in the sink, (index, count): {wrong:?}; {duplicates} \
-         duplicates, {reclaims} reclaims logged (the killed process held at most 2 batches)"
+    assert_each_input_once(
+        &mut con,
+        "reclaimed work behind a busy consumer",
+        INPUTS,
+        reclaims,
+        " (the killed process held at most 2 batches)",
     );
 }
 

@@ -94,17 +94,10 @@ pub fn pending_count(con: &mut Connection, stream: &str, group: &str) -> usize {
 
 /// The ids of every pending entry of the group, oldest first.
 pub fn pending_ids(con: &mut Connection, stream: &str, group: &str) -> Vec<String> {
-    let count = pending_count(con, stream, group);
-    // Extended form: one (id, consumer, idle ms, delivery count) per entry.
-    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
-        .arg(stream)
-        .arg(group)
-        .arg("-")
-        .arg("+")
-        .arg(count.max(1))
-        .query(con)
-        .unwrap_or_else(|e| panic!("XPENDING {stream} {group} - + {count}: {e}"));
-    pending.into_iter().map(|(id, ..)| id).collect()
+    pending_entries(con, stream, group)
+        .into_iter()
+        .map(|p| p.id)
+        .collect()
 }
 
 /// One entry of a group's pending entries list (XPENDING, extended form).
@@ -123,6 +116,7 @@ pub struct Pending {
 /// first.
 pub fn pending_entries(con: &mut Connection, stream: &str, group: &str) -> Vec<Pending> {
     let count = pending_count(con, stream, group);
+    // Extended form: one (id, consumer, idle ms, delivery count) per entry.
     let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
         .arg(stream)
         .arg(group)
