@@ -123,33 +123,53 @@ async fn consume(
     };
     // One batch is read ahead while the current one is processed.
     let (ahead_tx, mut ahead) = mpsc::channel(1);
+    let acks = Acks::default();
     let reader = tokio::spawn(
         read_ahead(
             s.clone(),
             consumer.clone(),
             read_conn,
             ahead_tx,
+            acks.clone(),
             cancel.clone(),
         )
         .instrument(tracing::Span::current()),
     );
     let mut chain = Some(Chain::new(&s.stages));
     debug!("consumer started");
+    // Set when the acks of the last batch were left to the reader: the
+    // batch it read ahead is taken next, which sends it on to its next read.
+    let mut take_ahead = false;
     loop {
-        let batch = tokio::select! {
-            // Reclaimed work first: it has waited longest.
-            biased;
-            Some(batch) = reclaimed.recv(), if !cancel.is_cancelled() => batch,
-            batch = ahead.recv() => match batch {
-                Some(batch) => batch,
-                None => break, // the reader stopped and everything it read is done
-            },
+        let batch = if take_ahead {
+            ahead.recv().await
+        } else {
+            tokio::select! {
+                // Reclaimed work first: it has waited longest.
+                biased;
+                Some(batch) = reclaimed.recv(), if !cancel.is_cancelled() => Some(batch),
+                batch = ahead.recv() => batch,
+            }
         };
-        process_batch(&s, &consumer, &mut chain, batch, &mut conn, &cancel).await;
+        let Some(batch) = batch else {
+            break; // the reader stopped and everything it read is done
+        };
+        let done = process_batch(&s, &consumer, &mut chain, batch, &mut conn, &cancel).await;
+        // Under load the next batch is already waiting and the reader is
+        // parked until it is taken: its next XREADGROUP carries these acks,
+        // saving a round trip per batch. Otherwise ack now.
+        take_ahead = !done.is_empty() && !ahead.is_empty();
+        if take_ahead {
+            acks.add(done);
+        } else {
+            settle_acks(&mut conn, p, &done).await;
+        }
     }
     if let Err(e) = reader.await {
         error!("reader task failed: {e}");
     }
+    // The reader sends what it was given before it stops; this is a backstop.
+    settle_acks(&mut conn, p, &acks.take()).await;
     // Reclaimed work handed to us but not started stays pending under our
     // name; the reclaimer of a live process takes it after claim_idle_ms.
     reclaimed.close();
@@ -160,8 +180,29 @@ async fn consume(
     }
 }
 
+/// Ids whose outputs are written, waiting to be acked with the reader's
+/// next XREADGROUP.
+#[derive(Clone, Default)]
+struct Acks(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Acks {
+    fn add(&self, ids: Vec<String>) {
+        let mut queue = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if queue.is_empty() {
+            *queue = ids;
+        } else {
+            queue.extend(ids);
+        }
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
 /// Reads batches for `consumer` until `cancel`, handing each to the
-/// consumer through `ahead`. A batch waiting there is leased like one
+/// consumer through `ahead`, and acks what the consumer leaves it with
+/// each read. A batch waiting there is leased like one
 /// being processed, so however slow the current batch, the next is never
 /// idle long enough to be reclaimed.
 ///
@@ -173,6 +214,7 @@ async fn read_ahead(
     consumer: String,
     mut conn: ConnectionManager,
     ahead: mpsc::Sender<Vec<Message>>,
+    acks: Acks,
     cancel: CancellationToken,
 ) {
     let p = &s.pipeline;
@@ -186,17 +228,20 @@ async fn read_ahead(
     );
     let mut outage = Outage::new(&p.name);
     while !cancel.is_cancelled() {
-        let Batch { messages, deleted } = match reader.read().await {
+        let done = acks.take();
+        let Batch { messages, deleted } = match reader.read(&done).await {
             Ok(batch) => {
                 outage.recovered();
                 batch
             }
             Err(e) if e.code() == Some("NOGROUP") => {
+                // The acks went with the group: there is nothing left to ack.
                 error!(stream = %p.stream(), group = %p.group(), "consumer group is gone (Redis lost its data?); recreating it");
                 wait_for_group(&mut conn, p, &cancel).await;
                 continue;
             }
             Err(e) => {
+                acks.add(done); // sent again with the next read
                 outage.failed(&e, "reading");
                 // Entries may have been delivered to us with the reply lost.
                 reader.reread_own_pending();
@@ -206,8 +251,7 @@ async fn read_ahead(
         };
         if !deleted.is_empty() {
             warn!(ids = ?deleted, "pending entries were deleted from the stream; acking them");
-            let ids: Vec<&str> = deleted.iter().map(String::as_str).collect();
-            settle_acks(&mut conn, p, &ids).await;
+            settle_acks(&mut conn, p, &deleted).await;
         }
         if !messages.is_empty() {
             let ids: Vec<String> = messages.iter().map(|m| m.id.clone()).collect();
@@ -223,10 +267,13 @@ async fn read_ahead(
             handed.await;
         }
     }
+    // Acks left for a read that will not come.
+    settle_acks(&mut conn, p, &acks.take()).await;
 }
 
-/// Runs the chain, writes the records, dead-letters and acks, holding the
-/// batch's leases all the while.
+/// Runs the chain, writes the records and dead letters, holding the
+/// batch's leases all the while. Returns the ids to ack: delivered,
+/// dropped and dead-lettered (none in atomic mode, which acks in its commit).
 async fn process_batch(
     s: &Shared,
     consumer: &str,
@@ -234,7 +281,7 @@ async fn process_batch(
     batch: Vec<Message>,
     conn: &mut ConnectionManager,
     stop: &CancellationToken,
-) {
+) -> Vec<String> {
     let p = &s.pipeline;
     let ids: Vec<String> = batch.iter().map(|m| m.id.clone()).collect();
     let lease_conn = conn.clone();
@@ -245,7 +292,7 @@ async fn process_batch(
             return settle(s, conn, &done, &statuses).await;
         }
         let Some((fresh, outcomes)) = run_chain(s, chain, fresh).await else {
-            return;
+            return Vec::new();
         };
         if !p.atomic {
             statuses.extend(ack::deliver(&fresh, outcomes, &s.sinks, max, stop).await);
@@ -270,11 +317,13 @@ async fn process_batch(
         statuses.extend(routed.statuses(&fresh, max));
         done.extend(fresh);
         settle_atomic(s, conn, consumer, &done, &statuses, &records, true).await;
+        Vec::new()
     };
     let started = Instant::now();
-    with_lease(lease_conn, p, consumer, &ids, work).await;
+    let done = with_lease(lease_conn, p, consumer, &ids, work).await;
     metrics::histogram!("sluice_batch_seconds", "pipeline" => p.name.clone())
         .record(started.elapsed().as_secs_f64());
+    done
 }
 
 /// Runs `work` while renewing the lease on `ids` (XCLAIM ... JUSTID to the
@@ -481,17 +530,22 @@ async fn settle_atomic(
     }
 }
 
-/// Dead-letters the rejected, then acks the delivered, dropped and
-/// dead-lettered in one XACK. Errored messages are logged and left pending.
-async fn settle(s: &Shared, conn: &mut ConnectionManager, batch: &[Message], statuses: &[Status]) {
+/// Dead-letters the rejected; returns the ids to ack: the delivered,
+/// dropped and dead-lettered. Errored messages are logged and left pending.
+async fn settle(
+    s: &Shared,
+    conn: &mut ConnectionManager,
+    batch: &[Message],
+    statuses: &[Status],
+) -> Vec<String> {
     let p = &s.pipeline;
     let sorted = super::sort_statuses(conn, p, p.dead_letter(), batch, statuses).await;
     // Failed entries stay pending: the reclaimer delivers them again.
-    let ids: Vec<&str> = sorted.done.iter().map(|m| m.id.as_str()).collect();
-    settle_acks(conn, p, &ids).await;
+    sorted.done.iter().map(|m| m.id.clone()).collect()
 }
 
-async fn settle_acks(conn: &mut ConnectionManager, p: &Pipeline, ids: &[&str]) {
+/// Acks `ids` in one XACK, retrying through an outage.
+async fn settle_acks(conn: &mut ConnectionManager, p: &Pipeline, ids: &[String]) {
     let acked = retry_outage(&p.name, "acking", || {
         let mut c = conn.clone();
         async move { source::ack(&mut c, p.stream(), p.group(), ids).await }

@@ -59,9 +59,21 @@ impl StreamReader {
 
     /// Reads the next batch: own pending entries first, then new ones
     /// (waiting up to `block_ms`). An empty batch means nothing arrived.
-    pub async fn read(&mut self) -> RedisResult<Batch> {
+    ///
+    /// `acks` (ids whose outputs are written) are acked in the same round
+    /// trip, ahead of the read. On an error they may or may not have been
+    /// acked; XACK is idempotent, so the caller sends them again.
+    pub async fn read(&mut self, acks: &[String]) -> RedisResult<Batch> {
         let own = self.own_pending;
-        let mut cmd = redis::cmd("XREADGROUP");
+        let mut pipe = redis::pipe();
+        if !acks.is_empty() {
+            pipe.cmd("XACK")
+                .arg(&*self.stream)
+                .arg(&self.group)
+                .arg(acks)
+                .ignore();
+        }
+        let cmd = pipe.cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(&self.group)
             .arg(&self.consumer)
@@ -73,7 +85,7 @@ impl StreamReader {
         cmd.arg("STREAMS")
             .arg(&*self.stream)
             .arg(if own { "0" } else { ">" });
-        let reply: Value = cmd.query_async(&mut self.conn).await?;
+        let (reply,): (Value,) = pipe.query_async(&mut self.conn).await?;
         let mut batch = parse_read(reply, &self.stream);
         if own {
             if batch.messages.is_empty() && batch.deleted.is_empty() {
@@ -295,7 +307,7 @@ pub async fn ack(
     conn: &mut ConnectionManager,
     stream: &str,
     group: &str,
-    ids: &[&str],
+    ids: &[String],
 ) -> RedisResult<()> {
     if ids.is_empty() {
         return Ok(());
