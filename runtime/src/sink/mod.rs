@@ -150,7 +150,7 @@ async fn round_trip(
     commands: Vec<Result<redis::Cmd, SinkError>>,
     reply: impl Fn(redis::RedisResult<redis::Value>) -> Result<(), SinkError>,
 ) -> Vec<Result<(), SinkError>> {
-    let mut pipe = redis::pipe();
+    let mut pipe = redis::Pipeline::with_capacity(commands.len());
     // One refused record must not fail its neighbours.
     pipe.ignore_errors();
     let mut unsent = Vec::with_capacity(commands.len());
