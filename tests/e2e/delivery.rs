@@ -17,21 +17,26 @@ const MESSAGES: usize = 10_000;
 /// end is exactly what failed on first delivery.
 const NO_RECLAIM: &str = "claim_idle_ms = 3600000\nmax_deliveries = 1000";
 
-/// Input `i` for the uppercase tests: an index to match outputs to inputs, and the payload.
+/// Input `i` for the uppercase tests: an index to match outputs to inputs, and the payload
+/// (every seventh not ASCII, which the plugin uppercases by other rules).
 fn numbered_payload(i: usize) -> Vec<(&'static str, String)> {
-    vec![
-        ("i", i.to_string()),
-        ("payload", format!("message {i} from the e2e test")),
-    ]
+    let payload = if i % 7 == 3 {
+        format!("straße {i} — ünïcode")
+    } else {
+        format!("message {i} from the e2e test")
+    };
+    vec![("i", i.to_string()), ("payload", payload)]
 }
 
 /// What the uppercase plugin must make of [`numbered_payload`]: the same fields in the same
 /// order, the payload uppercased.
 fn uppercased(i: usize) -> Vec<(String, String)> {
-    vec![
-        ("i".into(), i.to_string()),
-        ("payload".into(), format!("MESSAGE {i} FROM THE E2E TEST")),
-    ]
+    let payload = if i % 7 == 3 {
+        format!("STRASSE {i} — ÜNÏCODE")
+    } else {
+        format!("MESSAGE {i} FROM THE E2E TEST")
+    };
+    vec![("i".into(), i.to_string()), ("payload".into(), payload)]
 }
 
 /// Runs [`MESSAGES`] numbered payloads through the uppercase plugin with `consumers`
