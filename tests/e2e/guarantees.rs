@@ -11,19 +11,18 @@
 //! `println!`: run with `-- --nocapture` to see them.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::Connection;
 
 use crate::support::logs::{lines_with, lines_with_all};
-use crate::support::pipeline::{GROUP, IN, OUT, stream_source};
+use crate::support::pipeline::{GROUP, IN, OUT, stream_to_stream_toml};
 use crate::support::streams::{
     Entry, group_exists, last_delivered_id, parse_id, pending_count, pending_entries, pending_ids,
     xadd_many, xlen, xrange_all,
 };
-use crate::support::{Pipeline, RedisServer, Sluice, plugin};
+use crate::support::{Pipeline, RedisServer, Sluice};
 
 /// The dead-letter stream of [`IN`] (the default, `<stream>:dead`).
 const DEAD: &str = "in:dead";
@@ -58,38 +57,21 @@ impl Spec {
     /// Writes the file; the pipeline is named `e2e`, its group is [`GROUP`], it reads from
     /// the start of [`IN`] and blocks 100 ms per read so that shutdown is quick.
     fn write(&self, redis: &RedisServer) -> Pipeline {
-        let mut toml = String::new();
-        if self.atomic {
-            toml.push_str("atomic = true\n\n");
-        }
+        let atomic = if self.atomic { "atomic = true\n\n" } else { "" };
         let sink_url = self
             .sink_url
             .as_ref()
             .map(|url| format!("url = \"{url}\""))
             .unwrap_or_default();
-        write!(
-            toml,
-            r#"{head}
-[[processor]]
-plugin = '{plugin}'
-{processor}
-
-[processor.config]
-{config}
-
-[[sink]]
-name = "out"
-type = "stream"
-stream = "{OUT}"
-{sink_url}
-"#,
-            head = stream_source(redis, &self.source),
-            plugin = plugin("faults").display(),
-            processor = self.processor,
-            config = self.config,
-        )
-        .expect("format a pipeline file");
-        Pipeline::write("e2e", &toml)
+        let toml = stream_to_stream_toml(
+            redis,
+            "faults",
+            &self.source,
+            &self.processor,
+            &self.config,
+            &sink_url,
+        );
+        Pipeline::write("e2e", &format!("{atomic}{toml}"))
     }
 }
 

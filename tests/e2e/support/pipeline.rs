@@ -30,6 +30,36 @@ pub fn stream_source(redis: &RedisServer, source: &str) -> String {
     )
 }
 
+/// The file of [`Pipeline::stream_to_stream`], with extra `[[processor]]` lines
+/// (`timeout_ms`, ...) and extra lines for the sink (`url`, ...).
+pub fn stream_to_stream_toml(
+    redis: &RedisServer,
+    plugin_name: &str,
+    source: &str,
+    processor: &str,
+    config: &str,
+    sink: &str,
+) -> String {
+    format!(
+        r#"{head}
+[[processor]]
+plugin = '{plugin}'
+{processor}
+
+[processor.config]
+{config}
+
+[[sink]]
+name = "out"
+type = "stream"
+stream = "{OUT}"
+{sink}
+"#,
+        head = stream_source(redis, source),
+        plugin = plugin(plugin_name).display(),
+    )
+}
+
 /// A pipeline file in its own temp dir.
 pub struct Pipeline {
     _dir: TempDir,
@@ -56,24 +86,10 @@ impl Pipeline {
         source: &str,
         config: &str,
     ) -> Self {
-        let plugin = plugin(plugin_name);
-        let toml = format!(
-            r#"{head}
-[[processor]]
-plugin = '{plugin}'
-
-[processor.config]
-{config}
-
-[[sink]]
-name = "out"
-type = "stream"
-stream = "{OUT}"
-"#,
-            head = stream_source(redis, source),
-            plugin = plugin.display(),
-        );
-        Self::write("e2e", &toml)
+        Self::write(
+            "e2e",
+            &stream_to_stream_toml(redis, plugin_name, source, "", config, ""),
+        )
     }
 
     /// The file's absolute path.
