@@ -34,14 +34,43 @@ pub fn manager(client: &Client, response_timeout: Duration) -> RedisResult<Conne
     ConnectionManager::new_lazy_with_config(client.clone(), config)
 }
 
+/// The server's error code (`NOGROUP`, `OOM`, ...). redis-rs reports a
+/// failed command of a pipeline as one "pipeline failure" whose own code is
+/// empty for codes it does not know: look inside.
+pub fn error_code(e: &redis::RedisError) -> Option<String> {
+    if let Some(code) = e.code() {
+        return Some(code.to_string());
+    }
+    let errors = e.clone().into_server_errors()?;
+    errors.first().map(|(_, error)| error.code().to_string())
+}
+
+/// Whether `e` carries the server error code `code`.
+pub fn has_code(e: &redis::RedisError, code: &str) -> bool {
+    error_code(e).as_deref() == Some(code)
+}
+
 /// True for errors that mean "Redis is unreachable right now" rather than
 /// "Redis refused this command": the former are retried after a backoff.
 pub fn is_outage(e: &redis::RedisError) -> bool {
-    // A server that is starting (LOADING its data), failing over, or asking
-    // to try again will serve again soon: wait, do not fail the message.
+    // A server that is starting (LOADING its data), failing over, full
+    // (OOM), unable to persist (MISCONF), short of replicas (NOREPLICAS),
+    // busy with a script (BUSY) or asking to try again will serve again
+    // soon: wait, do not fail the message.
     let transient = matches!(
-        e.code(),
-        Some("LOADING" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN" | "READONLY")
+        error_code(e).as_deref(),
+        Some(
+            "LOADING"
+                | "TRYAGAIN"
+                | "MASTERDOWN"
+                | "CLUSTERDOWN"
+                | "READONLY"
+                | "OOM"
+                | "MISCONF"
+                | "NOREPLICAS"
+                | "BUSY"
+                | "NOMASTERLINK"
+        )
     );
     transient
         || e.is_io_error()
@@ -64,6 +93,8 @@ pub fn redact(url: &str) -> String {
 /// retries with exponential backoff and jitter.
 pub struct Outage {
     pipeline: String,
+    /// The Redis it is about, redacted, when known: named in every line.
+    redis: Option<String>,
     since: Option<Instant>,
     attempt: u32,
 }
@@ -73,8 +104,17 @@ impl Outage {
     pub fn new(pipeline: &str) -> Self {
         Outage {
             pipeline: pipeline.to_string(),
+            redis: None,
             since: None,
             attempt: 0,
+        }
+    }
+
+    /// No outage yet of the Redis at `url` (logged redacted).
+    pub fn of(pipeline: &str, url: &str) -> Self {
+        Outage {
+            redis: Some(redact(url)),
+            ..Outage::new(pipeline)
         }
     }
 
@@ -84,14 +124,16 @@ impl Outage {
             self.since = Some(Instant::now());
             metrics::counter!("sluice_redis_outages_total", "pipeline" => self.pipeline.clone())
                 .increment(1);
-            warn!(pipeline = %self.pipeline, "Redis unavailable while {what}: {e}; retrying with backoff");
+            let redis = self.redis.as_deref().unwrap_or("");
+            warn!(pipeline = %self.pipeline, redis, "Redis unavailable while {what}: {e}; retrying with backoff");
         }
     }
 
     /// Notes a success; logs the end of an outage.
     pub fn recovered(&mut self) {
         if let Some(since) = self.since.take() {
-            info!(pipeline = %self.pipeline, down_ms = since.elapsed().as_millis() as u64, "Redis reachable again");
+            let redis = self.redis.as_deref().unwrap_or("");
+            info!(pipeline = %self.pipeline, redis, down_ms = since.elapsed().as_millis() as u64, "Redis reachable again");
         }
         self.attempt = 0;
     }
