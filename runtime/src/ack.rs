@@ -124,9 +124,14 @@ pub async fn deliver(
     for ((items, results), name) in routed.per_sink.iter().zip(results).zip(&sinks.names) {
         for ((i, _), result) in items.iter().zip(results) {
             if let Err(why) = result {
+                let reason = format!("sink `{name}`: {why}");
                 failed.push((
                     *i,
-                    Failure::retry(FailureClass::Sink, format!("sink `{name}`: {why}")),
+                    if why.dead_letter {
+                        Failure::dead_letter(FailureClass::Sink, reason)
+                    } else {
+                        Failure::retry(FailureClass::Sink, reason)
+                    },
                 ));
             }
         }

@@ -72,6 +72,9 @@ pub enum FailureClass {
     /// Delivered `max_deliveries` times without an outcome: every consumer
     /// that held it stopped (crashed) before settling it.
     Unsettled,
+    /// Pending, but its entry is no longer in the stream (trimmed by
+    /// MAXLEN, or deleted) before it was settled: its data is gone.
+    Trimmed,
 }
 
 impl FailureClass {
@@ -85,6 +88,7 @@ impl FailureClass {
             FailureClass::Route => "route",
             FailureClass::Sink => "sink",
             FailureClass::Unsettled => "unsettled",
+            FailureClass::Trimmed => "trimmed",
         }
     }
 }
@@ -110,6 +114,14 @@ impl Failure {
             class,
             reason: reason.into(),
             plugin: None,
+        }
+    }
+
+    /// A failure of the given class that no retry can fix: dead-letter at once.
+    pub fn dead_letter(class: FailureClass, reason: impl Into<String>) -> Self {
+        Failure {
+            kind: FailureKind::DeadLetter,
+            ..Failure::retry(class, reason)
         }
     }
 }

@@ -272,6 +272,7 @@ fn validate(
         .map(|(i, p)| validate_processor(i, p, base, errors, check_plugin))
         .collect();
     let sinks = validate_sinks(file.sinks, base, file.atomic, errors);
+    check_in_order_ids(&source, &sinks, errors);
     if file.atomic {
         let same_redis = sinks
             .iter()
@@ -293,6 +294,27 @@ fn validate(
         processors,
         sinks,
         atomic: file.atomic,
+    }
+}
+
+/// `id_field` copies ids, and Redis takes an explicit id only above the
+/// stream's top: an id that arrives after a higher one can never be written
+/// (it is dead-lettered). Several writers (consumers, streams) interleave
+/// their batches, so they would dead-letter a share of everything.
+fn check_in_order_ids(source: &SourceConfig, sinks: &[SinkConfig], errors: &mut Errors) {
+    let writers = source.consumers as usize * source.streams.as_ref().map_or(1, Vec::len);
+    if source.kind != SourceType::Stream || writers <= 1 {
+        return;
+    }
+    for (i, s) in sinks.iter().enumerate() {
+        if s.kind == SinkType::Stream && s.id_field.is_some() {
+            errors.add(
+                &[Seg::Key("sink"), Seg::Index(i), Seg::Key("id_field")],
+                "`id_field` needs one writer, so that ids reach the sink in order: set consumers = 1 \
+                 and read one stream (Redis refuses an id below the stream's top, so with several \
+                 writers those entries could only be dead-lettered)",
+            );
+        }
     }
 }
 

@@ -75,6 +75,7 @@ impl FileSink {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(SinkError {
                 outage: is_outage(&e),
+                dead_letter: false,
                 message: format!("append to {}: {e}", self.path.display()),
             }),
             Err(e) => Err(SinkError::refused(format!(

@@ -109,6 +109,9 @@ pub struct SinkError {
     /// pauses meanwhile. Otherwise the destination refused this record
     /// (e.g. WRONGTYPE, a missing field) and the message fails.
     pub outage: bool,
+    /// Retrying cannot help (e.g. an `id_field` id below the stream's top
+    /// that the stream does not hold): dead-letter the message at once.
+    pub dead_letter: bool,
     /// What happened.
     pub message: String,
 }
@@ -118,6 +121,7 @@ impl SinkError {
     pub fn refused(message: impl Into<String>) -> Self {
         SinkError {
             outage: false,
+            dead_letter: false,
             message: message.into(),
         }
     }
@@ -126,6 +130,7 @@ impl SinkError {
     pub fn from_redis(key: &str, e: &redis::RedisError) -> Self {
         SinkError {
             outage: crate::conn::is_outage(e),
+            dead_letter: false,
             message: format!("write to {key}: {e}"),
         }
     }

@@ -1,16 +1,44 @@
 //! Stream sink: pipelined XADD, one round trip per batch.
 //!
-//! With `id_field`, the entry id comes from the record, and an id Redis
-//! already has (equal to or below the stream's last id) counts as written:
-//! redelivering a message after a crash between XADD and XACK then adds
-//! nothing twice, so a stream copied with its ids is copied exactly once.
+//! With `id_field`, the entry id comes from the record. Redis refuses an id
+//! that is not above the stream's last one; that alone does not say the
+//! entry is there. [`WRITE_WITH_ID`] adds the entry, and on that refusal
+//! looks the id up (XRANGE id id) in the same script: present means it was
+//! written by an earlier delivery (a crash between XADD and XACK), so it
+//! counts as written and a stream copied with its ids is copied exactly
+//! once; absent means it can never be written in order, and the message is
+//! dead-lettered with why. Validation keeps one writer per such sink, so
+//! only a retry or reclaimed work arrives out of order.
 
 use super::{SinkError, round_trip};
 use crate::message::{Field, Record};
 use redis::aio::ConnectionManager;
 
-/// What Redis says when an XADD id is not above the stream's last id.
-const ID_NOT_ABOVE_TOP: &str = "equal or smaller than the target stream top item";
+/// KEYS[1]: the stream. ARGV: id, maxlen ("" for none), then the fields.
+/// Returns the id written, or `PRESENT` when the stream already holds it;
+/// fails with `NOTWRITTEN` when the id is below the top and not there.
+const WRITE_WITH_ID: &str = r#"
+local cmd = {'XADD', KEYS[1]}
+if ARGV[2] ~= '' then
+  cmd[#cmd + 1] = 'MAXLEN'; cmd[#cmd + 1] = '~'; cmd[#cmd + 1] = ARGV[2]
+end
+cmd[#cmd + 1] = ARGV[1]
+for i = 3, #ARGV do cmd[#cmd + 1] = ARGV[i] end
+local added = redis.pcall(unpack(cmd))
+if type(added) == 'table' and added.err then
+  if string.find(added.err, 'equal or smaller', 1, true) then
+    if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) > 0 then
+      return 'PRESENT'
+    end
+    local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+    return redis.error_reply('NOTWRITTEN entry id ' .. ARGV[1] .. ' is not in ' .. KEYS[1] ..
+      ' and cannot be added: it is below the stream top ' .. (top and top[1] or '?') ..
+      ' (id_field copies need ids in order)')
+  end
+  return added
+end
+return added
+"#;
 
 /// Writes records to one stream.
 pub struct StreamSink {
@@ -47,7 +75,8 @@ impl StreamSink {
         self.maxlen
     }
 
-    /// The XADD for `record`, or why it cannot be written.
+    /// The XADD for `record` (a checking script with `id_field`), or why it
+    /// cannot be written.
     fn xadd(&self, record: &Record) -> Result<redis::Cmd, SinkError> {
         let (id, fields) = entry(record, self.id_field.as_deref())?;
         // Sized up front: growing the buffers arg by arg costs more
@@ -56,11 +85,20 @@ impl StreamSink {
             (count + 1, bytes + n.len() + v.len())
         });
         let mut cmd = redis::Cmd::with_capacity(6 + 2 * count, self.stream.len() + 32 + bytes);
-        cmd.arg("XADD").arg(&self.stream);
-        if let Some(maxlen) = self.maxlen {
-            cmd.arg("MAXLEN").arg("~").arg(maxlen);
+        if self.id_field.is_some() {
+            cmd.arg("EVAL")
+                .arg(WRITE_WITH_ID)
+                .arg(1)
+                .arg(&self.stream)
+                .arg(id)
+                .arg(self.maxlen.map(|m| m.to_string()).unwrap_or_default());
+        } else {
+            cmd.arg("XADD").arg(&self.stream);
+            if let Some(maxlen) = self.maxlen {
+                cmd.arg("MAXLEN").arg("~").arg(maxlen);
+            }
+            cmd.arg(id);
         }
-        cmd.arg(id);
         for (name, value) in fields {
             cmd.arg(name).arg(value);
         }
@@ -71,10 +109,16 @@ impl StreamSink {
     /// fields to write, or without its `id_field`, is refused.
     pub async fn write(&self, records: &[&Record]) -> Vec<Result<(), SinkError>> {
         let commands = records.iter().map(|r| self.xadd(r)).collect();
-        let with_ids = self.id_field.is_some();
         round_trip(&self.conn, &self.stream, commands, |answer| match answer {
             Ok(_) => Ok(()),
-            Err(e) if with_ids && already_written(&e.to_string()) => Ok(()),
+            Err(e) if crate::conn::has_code(&e, "NOTWRITTEN") => Err(SinkError {
+                dead_letter: true,
+                ..SinkError::refused(format!(
+                    "write to {}: {}",
+                    self.stream,
+                    e.detail().unwrap_or_default()
+                ))
+            }),
             Err(e) => Err(SinkError::from_redis(&self.stream, &e)),
         })
         .await
@@ -105,12 +149,6 @@ fn entry<'a>(
         ));
     }
     Ok((id, fields))
-}
-
-/// Whether an XADD error means the entry is already in the stream: its id
-/// is not above the stream's last one.
-fn already_written(error: &str) -> bool {
-    error.contains(ID_NOT_ABOVE_TOP)
 }
 
 #[cfg(test)]
@@ -157,18 +195,5 @@ mod tests {
             .unwrap();
         assert!(e.message.contains("no fields"), "{}", e.message);
         assert!(entry(&record(&[]), None).is_err());
-    }
-
-    #[test]
-    fn an_id_not_above_the_top_counts_as_written() {
-        assert!(already_written(
-            "An error was signalled by the server - ResponseError: The ID specified in XADD is equal or smaller than the target stream top item"
-        ));
-        assert!(!already_written(
-            "ERR The ID specified in XADD must be greater than 0-0"
-        ));
-        assert!(!already_written(
-            "WRONGTYPE Operation against a key holding the wrong kind of value"
-        ));
     }
 }
