@@ -62,6 +62,11 @@ impl Processor for Faults {
                         .map_err(|e| Failure::dead_letter(format!("fanout count `{n}`: {e}")))?;
                     Ok(vec![record; n])
                 }
+                // One record per listed action, in field `then`, for a next stage.
+                Some(("split", actions)) => Ok(actions
+                    .split('|')
+                    .map(|then| record.clone().set("then", then))
+                    .collect()),
                 _ => Err(Failure::dead_letter(format!("unknown action `{action}`"))),
             },
         }

@@ -266,7 +266,12 @@ impl Chain {
 
     /// One outcome per message. A message fans out through the stages: each
     /// record of stage k is a message for stage k+1 (same id, source and
-    /// deliveries); the message fails if any of its records fails.
+    /// deliveries). The input message is the unit of delivery (one ack), so:
+    /// - a record a later stage drops is discarded alone: its siblings go on;
+    /// - a record a later stage fails (retry or dead-letter) fails the whole
+    ///   message, and none of its records is written: a retry produces them
+    ///   all again, a dead letter keeps the original, and its reason says
+    ///   which stage failed and that the siblings were not written.
     pub fn process(&mut self, batch: &[Message]) -> Vec<Outcome> {
         let mut outcomes: Vec<Outcome> = vec![Ok(Vec::new()); batch.len()];
         let Some(last) = self.slots.len().checked_sub(1) else {
@@ -280,8 +285,14 @@ impl Chain {
         // The first stage reads the batch as it is; later ones read records.
         let mut msgs: Cow<'_, [Message]> = Cow::Borrowed(batch);
         let versions: Vec<Arc<Version>> = self.slots.iter().map(|s| s.stage.current()).collect();
+        let stages = self.slots.len();
         for (k, (slot, version)) in self.slots.iter_mut().zip(&versions).enumerate() {
             let results = slot.call(version, &msgs);
+            // How many records of each input message this stage received.
+            let mut siblings = vec![0usize; batch.len()];
+            for (idx, _) in &items {
+                siblings[*idx] += 1;
+            }
             let mut next_items = Vec::new();
             let mut next_msgs = Vec::new();
             for ((idx, to), (msg, result)) in items.into_iter().zip(msgs.iter().zip(results)) {
@@ -289,6 +300,19 @@ impl Chain {
                     continue;
                 }
                 match result {
+                    // A record dropped after a fan-out: only that record.
+                    Err(failure) if k > 0 && failure.kind == FailureKind::Drop => {
+                        tracing::debug!(id = %msg.id, stage = k + 1, "record dropped: {failure}");
+                    }
+                    Err(mut failure) if k > 0 => {
+                        failure.reason = format!(
+                            "{} (stage {} of {stages}, on one of {} records the message had become; none of them was written)",
+                            failure.reason,
+                            k + 1,
+                            siblings[idx]
+                        );
+                        outcomes[idx] = Err(failure)
+                    }
                     Err(failure) => outcomes[idx] = Err(failure),
                     Ok(records) if k == last => {
                         let out = outcomes[idx].as_mut().expect("checked above");
