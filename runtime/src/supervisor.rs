@@ -33,11 +33,19 @@ pub const DRAIN_DEADLINE: Duration = Duration::from_secs(60);
 /// errors of the rest.
 pub fn load_all(files: &[PathBuf], engine: &Engine) -> (Vec<Pipeline>, Vec<ConfigError>) {
     let check = |path: &Path| engine.load(path).map(drop).map_err(|e| format!("{e:#}"));
+    load_all_with(files, &check)
+}
+
+/// [`load_all`] with `check` judging each plugin file.
+fn load_all_with(
+    files: &[PathBuf],
+    check: &dyn Fn(&Path) -> Result<(), String>,
+) -> (Vec<Pipeline>, Vec<ConfigError>) {
     let mut valid: Vec<Pipeline> = Vec::new();
     let mut errors = Vec::new();
     let mut names: HashMap<String, PathBuf> = HashMap::new();
     for file in files {
-        match config::load_file(file, &check) {
+        match config::load_file(file, check) {
             Ok(p) => {
                 if let Some(other) = names.get(&p.name) {
                     errors.push(ConfigError {
@@ -172,6 +180,17 @@ impl Supervisor {
     async fn reload_pipelines(&mut self) -> Result<()> {
         let (paths, engine) = (&self.paths, self.ctx.engine.clone());
         let files = config::pipeline_files(paths)?;
+        // Consumer groups first: compiling a plugin can take seconds, and a
+        // group created after that (at `$`) would skip what arrived meanwhile.
+        let listed = files.clone();
+        let (parsed, _) =
+            tokio::task::spawn_blocking(move || load_all_with(&listed, &|_| Ok(()))).await?;
+        for pipeline in &parsed {
+            let file = watch::normalize(&pipeline.file);
+            if !self.running.contains_key(&file) {
+                pipeline::prepare_groups(pipeline, &self.ctx).await;
+            }
+        }
         let listed = files.clone();
         let (valid, errors) =
             tokio::task::spawn_blocking(move || load_all(&listed, &engine)).await?;

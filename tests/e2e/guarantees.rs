@@ -25,28 +25,30 @@ use crate::support::streams::{
 use crate::support::{Pipeline, RedisServer, Sluice};
 
 /// The dead-letter stream of [`IN`] (the default, `<stream>:dead`).
-const DEAD: &str = "in:dead";
+pub(crate) const DEAD: &str = "in:dead";
 
 /// How often the observation loops below sample Redis (as `support::wait_for` does).
 const SAMPLE_EVERY: Duration = Duration::from_millis(25);
 
 /// A stream [`IN`] → `faults` → stream [`OUT`] pipeline with the knobs these tests turn.
 #[derive(Default)]
-struct Spec {
+pub(crate) struct Spec {
     /// `atomic = true`: outputs, dead letters and XACK in one script.
-    atomic: bool,
+    pub atomic: bool,
     /// Extra `[source]` lines.
-    source: String,
+    pub source: String,
     /// Extra `[[processor]]` lines (`timeout_ms`, `memory_mb`).
-    processor: String,
+    pub processor: String,
     /// `[processor.config]` lines for `faults` (`sleep_ms`).
-    config: String,
+    pub config: String,
     /// The sink's own Redis, when it is not the source's.
-    sink_url: Option<String>,
+    pub sink_url: Option<String>,
+    /// Extra lines for the sink (`id_field`, ...).
+    pub sink: String,
 }
 
 impl Spec {
-    fn new(source: &str, config: &str) -> Self {
+    pub fn new(source: &str, config: &str) -> Self {
         Spec {
             source: source.into(),
             config: config.into(),
@@ -56,7 +58,7 @@ impl Spec {
 
     /// Writes the file; the pipeline is named `e2e`, its group is [`GROUP`], it reads from
     /// the start of [`IN`] and blocks 100 ms per read so that shutdown is quick.
-    fn write(&self, redis: &RedisServer) -> Pipeline {
+    pub fn write(&self, redis: &RedisServer) -> Pipeline {
         let atomic = if self.atomic { "atomic = true\n\n" } else { "" };
         let sink_url = self
             .sink_url
@@ -69,7 +71,7 @@ impl Spec {
             &self.source,
             &self.processor,
             &self.config,
-            &sink_url,
+            &format!("{sink_url}\n{}", self.sink),
         );
         Pipeline::write("e2e", &format!("{atomic}{toml}"))
     }
@@ -77,14 +79,14 @@ impl Spec {
 
 /// Starts `sluice run` with the default log filter whatever the developer's `RUST_LOG`:
 /// some tests read the log.
-fn start(pipeline: &Pipeline) -> Sluice {
+pub(crate) fn start(pipeline: &Pipeline) -> Sluice {
     Sluice::run_with(pipeline.path(), |command: &mut Command| {
         command.env("SLUICE_LOG", "info,wasmtime=warn,cranelift=warn");
     })
 }
 
 /// Input `i`: just its index, so `faults` passes it through.
-fn index_only(i: usize) -> Vec<(&'static str, String)> {
+pub(crate) fn index_only(i: usize) -> Vec<(&'static str, String)> {
     vec![("i", i.to_string())]
 }
 
@@ -97,7 +99,7 @@ fn index(entry: &Entry) -> usize {
 }
 
 /// How many times each of `n` inputs appears among `entries`.
-fn tally(entries: &[Entry], n: usize) -> Vec<usize> {
+pub(crate) fn tally(entries: &[Entry], n: usize) -> Vec<usize> {
     let mut counts = vec![0; n];
     for entry in entries {
         let i = index(entry);
@@ -576,7 +578,7 @@ fn assert_no_failed_deliveries(log: &str, outage: &str) {
 }
 
 /// The dead letters of `IN`, by input index.
-fn dead_letters_by_index(con: &mut Connection) -> BTreeMap<usize, Entry> {
+pub(crate) fn dead_letters_by_index(con: &mut Connection) -> BTreeMap<usize, Entry> {
     let mut by_index = BTreeMap::new();
     for entry in xrange_all(con, DEAD) {
         let i = index(&entry);

@@ -7,6 +7,10 @@
 //! - `delivery`: what reaches the sink and what is acked.
 //! - `sinks`: pubsub, list, file and stdout sinks, `id_field`, routing by `to` and `route = "all"`.
 //! - `guarantees`: the delivery promises under crashes, outages, poison and runaway plugins.
+//! - `holes`: the paths where a message could be lost, written twice or dead-lettered early:
+//!   out-of-order `id_field` ids, killed connections, Redis restarted empty, retries under a
+//!   backlog, transient write refusals, trimmed pending entries, dead consumers, fan-out
+//!   children, a slow plugin compile.
 //! - `reload`: plugin swaps and pipeline file edits while messages flow; the compile cache.
 //! - `shutdown`: SIGTERM drains, a restart resumes, nothing is lost or duplicated.
 //! - `sources`: pub/sub and list sources, several streams, a Python plugin, the bridge
@@ -21,6 +25,7 @@ mod support;
 
 mod delivery;
 mod guarantees;
+mod holes;
 mod reload;
 mod shutdown;
 mod sinks;

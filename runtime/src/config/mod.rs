@@ -102,6 +102,11 @@ pub struct SourceConfig {
     /// Deliveries before a message is dead-lettered. Default 5.
     #[serde(default = "defaults::max_deliveries")]
     pub max_deliveries: u32,
+    /// Consumers of the group idle longer than this that own no pending
+    /// entries are removed from it: every process that dies leaves its
+    /// consumers behind. 0 keeps them. Default 3600000 (an hour).
+    #[serde(default = "defaults::remove_consumers_idle_ms")]
+    pub remove_consumers_idle_ms: u64,
     /// Dead-letter stream. Default `<stream>:dead` (per stream), `<list>:dead`,
     /// or `<pipeline>:dead` for pub/sub.
     pub dead_letter: Option<String>,
@@ -256,6 +261,9 @@ mod defaults {
     }
     pub fn max_deliveries() -> u32 {
         5
+    }
+    pub fn remove_consumers_idle_ms() -> u64 {
+        3_600_000
     }
     pub fn timeout_ms() -> u64 {
         1000

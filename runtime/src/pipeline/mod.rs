@@ -51,6 +51,8 @@ pub struct Built {
 #[derive(Clone)]
 struct Shared {
     pipeline: Pipeline,
+    /// The pipeline's Redis, redacted for logs.
+    redis: String,
     client: redis::Client,
     stages: Vec<Arc<Stage>>,
     sinks: Arc<Sinks>,
@@ -60,10 +62,7 @@ struct Shared {
 /// one's `init` once, so a broken plugin or config fails here, before any
 /// message is read.
 pub async fn build(pipeline: Pipeline, ctx: &Context) -> Result<Built> {
-    let url = pipeline
-        .redis_url
-        .clone()
-        .unwrap_or_else(|| ctx.default_url.clone());
+    let url = redis_url(&pipeline, ctx);
     let client = conn::client(&url)?;
     let name: Arc<str> = pipeline.name.as_str().into();
     let mut stages = Vec::new();
@@ -97,11 +96,54 @@ pub async fn build(pipeline: Pipeline, ctx: &Context) -> Result<Built> {
     Ok(Built {
         shared: Arc::new(Shared {
             pipeline,
+            redis: conn::redact(&url),
             client,
             stages,
             sinks,
         }),
     })
+}
+
+/// The Redis URL `pipeline` uses: its own, else the process default.
+fn redis_url(pipeline: &Pipeline, ctx: &Context) -> String {
+    pipeline
+        .redis_url
+        .clone()
+        .unwrap_or_else(|| ctx.default_url.clone())
+}
+
+/// Creates the consumer groups of a stream pipeline that is about to start,
+/// before its plugins compile (seconds, for some languages): a group created
+/// only afterwards, at `start = "$"`, would skip what producers added in
+/// between. Best effort: with Redis unreachable the pipeline creates them
+/// when it starts.
+pub async fn prepare_groups(pipeline: &Pipeline, ctx: &Context) {
+    if pipeline.source.kind != SourceType::Stream {
+        return;
+    }
+    let url = redis_url(pipeline, ctx);
+    let Ok(client) = conn::client(&url) else {
+        return; // reported when the pipeline is built
+    };
+    let Ok(mut conn) = conn::manager(&client, Duration::from_secs(2)) else {
+        return;
+    };
+    for stream in pipeline.streams() {
+        let (group, start) = (pipeline.group(), &pipeline.source.start);
+        let created = crate::source::stream::ensure_group(&mut conn, stream, group, start);
+        // Never hold up startup for long: an unreachable Redis is waited
+        // out by the pipeline itself.
+        match tokio::time::timeout(Duration::from_secs(2), created).await {
+            Ok(Ok(true)) => {
+                info!(pipeline = %pipeline.name, stream = %stream, group = %group, start = %start, "consumer group created")
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
+                debug!(pipeline = %pipeline.name, "group not created before the plugins compile: {e}")
+            }
+            Err(_) => return,
+        }
+    }
 }
 
 impl Built {

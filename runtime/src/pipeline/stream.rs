@@ -12,6 +12,26 @@
 //! loop does: `[XACK previous, XREADGROUP]` by the reader, which reads one
 //! batch ahead, and the sink's pipelined writes.
 //!
+//! Where each entry's state lives, and who may act on it:
+//!
+//! - *read*: returned by XREADGROUP (or XAUTOCLAIM) to one consumer; from
+//!   then on it is leased (idle time reset every claim_idle_ms / 3, only
+//!   while this consumer still owns it) until its batch is settled.
+//! - *in flight*: being processed and written by that consumer.
+//! - *settled*: acked (delivered, dropped, dead-lettered), or left pending
+//!   for a retry: then nobody here touches it until it has been idle for
+//!   claim_idle_ms and the reclaimer hands it out again, counted.
+//!
+//! History (a consumer's own pending entries) is read once, when the
+//! consumer starts and before the reclaimer's first scan, so the two never
+//! hand out the same entry. A connection blip never triggers a re-read:
+//! entries whose reply was lost go through the reclaimer like any idle
+//! work. Failure points: a crash after the write and before the XACK
+//! redelivers the message (at-least-once; `atomic = true` commits both in
+//! one script); a crash before the write redelivers it after claim_idle_ms;
+//! a group that vanishes (Redis restarted empty) is recreated at `0`, so
+//! nothing then in the stream is skipped.
+//!
 //! A pipeline reading `streams = [...]` runs one *lane* per stream: the
 //! pipeline narrowed to that stream (its `stream` and `dead_letter` name
 //! it), sharing the stages and sinks. Separate reads per stream also keep
@@ -23,7 +43,7 @@ use crate::ack::{self, Routed, Status};
 use crate::atomic;
 use crate::config::Pipeline;
 use crate::conn::{self, Outage};
-use crate::message::{Failure, FailureClass, Message, Record};
+use crate::message::{Failure, FailureClass, Message, Record, stream_id_ms};
 use crate::plugin::Chain;
 use crate::source::stream::{self as source, Batch, StreamReader};
 use anyhow::Result;
@@ -59,52 +79,100 @@ async fn run_lane(s: Arc<Shared>, cancel: CancellationToken) {
         Ok(c) => c,
         Err(e) => return error!(pipeline = %p.name, "cannot open a connection: {e}"),
     };
-    wait_for_group(&mut conn, p, &cancel).await;
+    wait_for_group(&mut conn, &s, &p.source.start, &cancel).await;
     info!(
         pipeline = %p.name,
         stream = %p.stream(),
         group = %p.group(),
         consumers = p.source.consumers,
+        redis = %s.redis,
         "pipeline started"
     );
     let tracker = TaskTracker::new();
     let mut feeds = Vec::new();
+    // Dropped by each reader once it has read its own history: the
+    // reclaimer waits for all of them.
+    let (history, histories_read) = mpsc::channel::<()>(1);
     for index in 0..p.source.consumers {
         let consumer = super::consumer_name(index);
         // One batch of reclaimed work waits per consumer; more waits in Redis.
         let (feed, reclaimed) = mpsc::channel(1);
         feeds.push((consumer.clone(), feed));
         let span = tracing::info_span!("consumer", pipeline = %p.name, consumer = %consumer);
-        tracker.spawn(consume(s.clone(), consumer, reclaimed, cancel.clone()).instrument(span));
+        tracker.spawn(
+            consume(
+                s.clone(),
+                consumer,
+                reclaimed,
+                history.clone(),
+                cancel.clone(),
+            )
+            .instrument(span),
+        );
     }
-    tracker.spawn(reclaim(s.clone(), feeds, conn, cancel.clone()));
+    drop(history);
+    tracker.spawn(reclaim(
+        s.clone(),
+        feeds,
+        conn,
+        histories_read,
+        cancel.clone(),
+    ));
     tracker.close();
     tracker.wait().await;
 }
 
-/// Creates the consumer group, waiting out an unreachable Redis.
-async fn wait_for_group(conn: &mut ConnectionManager, p: &Pipeline, cancel: &CancellationToken) {
-    let mut outage = Outage::new(&p.name);
+/// Creates the consumer group at `start`, waiting out an unreachable Redis.
+/// True if this call created it (false: it existed, or cancelled).
+async fn wait_for_group(
+    conn: &mut ConnectionManager,
+    s: &Shared,
+    start: &str,
+    cancel: &CancellationToken,
+) -> bool {
+    let p = &s.pipeline;
+    let mut outage = Outage::of(&p.name, &s.redis);
     loop {
-        match source::ensure_group(conn, p.stream(), p.group(), &p.source.start).await {
+        match source::ensure_group(conn, p.stream(), p.group(), start).await {
             Ok(created) => {
                 outage.recovered();
                 if created {
-                    info!(pipeline = %p.name, stream = %p.stream(), group = %p.group(), start = %p.source.start, "consumer group created");
+                    info!(pipeline = %p.name, stream = %p.stream(), group = %p.group(), start = %start, "consumer group created");
                 }
-                return;
+                return created;
             }
             Err(e) => {
                 if conn::is_outage(&e) {
                     outage.failed(&e, "creating the consumer group");
                 } else {
-                    error!(pipeline = %p.name, "cannot create group {} on {}: {e}", p.group(), p.stream());
+                    error!(pipeline = %p.name, redis = %s.redis, "cannot create group {} on {}: {e}", p.group(), p.stream());
                 }
                 if !outage.wait(cancel).await {
-                    return;
+                    return false;
                 }
             }
         }
+    }
+}
+
+/// The group vanished under a running pipeline (Redis restarted empty or
+/// lost its data, or someone deleted the group): recreate it at `0`, not at
+/// `start`, so entries producers added since are not skipped. What was
+/// pending in the old group is gone with it.
+async fn recreate_group(conn: &mut ConnectionManager, s: &Shared, cancel: &CancellationToken) {
+    let p = &s.pipeline;
+    if wait_for_group(conn, s, "0", cancel).await {
+        error!(
+            pipeline = %p.name,
+            stream = %p.stream(),
+            group = %p.group(),
+            redis = %s.redis,
+            "consumer group was gone (Redis restarted empty, lost its data, or the group was deleted); \
+             recreated it at 0: every entry now in the stream is processed, and whatever was pending \
+             in the old group was lost with it"
+        );
+        metrics::counter!("sluice_groups_recreated_total", "pipeline" => p.name.clone())
+            .increment(1);
     }
 }
 
@@ -112,6 +180,7 @@ async fn consume(
     s: Arc<Shared>,
     consumer: String,
     mut reclaimed: mpsc::Receiver<Vec<Message>>,
+    history: mpsc::Sender<()>,
     cancel: CancellationToken,
 ) {
     let p = &s.pipeline;
@@ -135,6 +204,7 @@ async fn consume(
             read_conn,
             ahead_tx,
             acks.clone(),
+            history,
             cancel.clone(),
         )
         .instrument(tracing::Span::current()),
@@ -145,7 +215,19 @@ async fn consume(
     // batch it read ahead is taken next, which sends it on to its next read.
     let mut take_ahead = false;
     loop {
-        let batch = if take_ahead {
+        // Reclaimed work first, even under a backlog that always has a
+        // batch read ahead: it has waited longest, and retries must not
+        // starve behind new work.
+        let ready = if cancel.is_cancelled() {
+            None
+        } else {
+            reclaimed.try_recv().ok()
+        };
+        let batch = if let Some(batch) = ready {
+            // Acks left for the reader would wait a batch longer, unleased.
+            settle_acks(&mut conn, p, &acks.take()).await;
+            Some(batch)
+        } else if take_ahead {
             ahead.recv().await
         } else {
             tokio::select! {
@@ -208,7 +290,8 @@ impl Acks {
 /// consumer through `ahead`, and acks what the consumer leaves it with
 /// each read. A batch waiting there is leased like one
 /// being processed, so however slow the current batch, the next is never
-/// idle long enough to be reclaimed.
+/// idle long enough to be reclaimed. `history` is dropped once the
+/// consumer's own pending entries are read.
 ///
 /// The read is not raced against `cancel`: a dropped XREADGROUP may have
 /// moved entries into this consumer's pending list already. The read
@@ -219,6 +302,7 @@ async fn read_ahead(
     mut conn: ConnectionManager,
     ahead: mpsc::Sender<Vec<Message>>,
     acks: Acks,
+    history: mpsc::Sender<()>,
     cancel: CancellationToken,
 ) {
     let p = &s.pipeline;
@@ -230,31 +314,37 @@ async fn read_ahead(
         p.source.batch,
         p.source.block_ms,
     );
-    let mut outage = Outage::new(&p.name);
+    let mut history = Some(history);
+    let mut outage = Outage::of(&p.name, &s.redis);
     while !cancel.is_cancelled() {
+        if !reader.in_history() {
+            history.take();
+        }
         let done = acks.take();
-        let Batch { messages, deleted } = match reader.read(&done).await {
+        let Batch {
+            messages, deleted, ..
+        } = match reader.read(&done).await {
             Ok(batch) => {
                 outage.recovered();
                 batch
             }
-            Err(e) if e.code() == Some("NOGROUP") => {
+            Err(e) if conn::has_code(&e, "NOGROUP") => {
                 // The acks went with the group: there is nothing left to ack.
-                error!(stream = %p.stream(), group = %p.group(), "consumer group is gone (Redis lost its data?); recreating it");
-                wait_for_group(&mut conn, p, &cancel).await;
+                reader.forget_history();
+                recreate_group(&mut conn, &s, &cancel).await;
                 continue;
             }
             Err(e) => {
-                acks.add(done); // sent again with the next read
+                // Sent again with the next read (XACK is idempotent). No
+                // re-read of history: what was in flight still is, and
+                // entries whose reply was lost are reclaimed, counted once.
+                acks.add(done);
                 outage.failed(&e, "reading");
-                // Entries may have been delivered to us with the reply lost.
-                reader.reread_own_pending();
                 outage.wait(&cancel).await;
                 continue;
             }
         };
-        if !deleted.is_empty() {
-            warn!(ids = ?deleted, "pending entries were deleted from the stream; acking them");
+        if !deleted.is_empty() && dead_letter_trimmed(&conn, p, &deleted).await {
             settle_acks(&mut conn, p, &deleted).await;
         }
         if !messages.is_empty() {
@@ -273,6 +363,45 @@ async fn read_ahead(
     }
     // Acks left for a read that will not come.
     settle_acks(&mut conn, p, &acks.take()).await;
+}
+
+/// Pending entries whose data is gone (trimmed by a producer's MAXLEN, or
+/// deleted) before they were settled: logged with their ids, counted, and
+/// a dead letter written for each saying so. True once written: only then
+/// may they be acked.
+async fn dead_letter_trimmed(conn: &ConnectionManager, p: &Pipeline, ids: &[String]) -> bool {
+    warn!(
+        pipeline = %p.name,
+        stream = %p.stream(),
+        ids = ?ids,
+        dead_letter = %p.dead_letter(),
+        "pending entries are no longer in the stream (trimmed or deleted) before they were processed; \
+         their data is gone: writing a dead letter for each"
+    );
+    metrics::counter!("sluice_trimmed_total", "pipeline" => p.name.clone())
+        .increment(ids.len() as u64);
+    let failure = Failure::dead_letter(
+        FailureClass::Trimmed,
+        "the entry is no longer in the stream (trimmed by MAXLEN, or deleted) while it was pending: its data is gone",
+    );
+    let gone: Vec<Message> = ids
+        .iter()
+        .map(|id| Message {
+            id: id.clone(),
+            source: p.stream().into(),
+            fields: Vec::new(),
+            deliveries: 1,
+            first_delivery_ms: stream_id_ms(id),
+        })
+        .collect();
+    let rejected: Vec<(&Message, &Failure)> = gone.iter().map(|m| (m, &failure)).collect();
+    match super::write_dead_letters(conn, p, p.dead_letter(), &rejected).await {
+        Ok(()) => true,
+        Err(e) => {
+            error!(pipeline = %p.name, count = ids.len(), "cannot write dead letters for trimmed entries: {e}");
+            false
+        }
+    }
 }
 
 /// Runs the chain, writes the records and dead letters, holding the
@@ -330,9 +459,10 @@ async fn process_batch(
     done
 }
 
-/// Runs `work` while renewing the lease on `ids` (XCLAIM ... JUSTID to the
-/// same consumer resets their idle time) every third of claim_idle_ms, so
-/// no reclaimer takes work that is still alive, however slow.
+/// Runs `work` while renewing the lease on `ids` (see
+/// [`source::renew_lease`]: only those this consumer still owns) every third
+/// of claim_idle_ms, so no reclaimer takes work that is still alive,
+/// however slow.
 async fn with_lease<T>(
     mut conn: ConnectionManager,
     p: &Pipeline,
@@ -344,17 +474,15 @@ async fn with_lease<T>(
     let renew = async {
         loop {
             tokio::time::sleep(every).await;
-            let renewed: redis::RedisResult<redis::Value> = redis::cmd("XCLAIM")
-                .arg(p.stream())
-                .arg(p.group())
-                .arg(consumer)
-                .arg(0)
-                .arg(ids)
-                .arg("JUSTID")
-                .query_async(&mut conn)
-                .await;
-            if let Err(e) = renewed {
-                debug!("lease renewal failed: {e}");
+            match source::renew_lease(&mut conn, p.stream(), p.group(), consumer, ids).await {
+                Ok(held) if held < ids.len() => {
+                    debug!(
+                        lost = ids.len() - held,
+                        "entries of this batch were claimed by another consumer; their lease stays with it"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => debug!("lease renewal failed: {e}"),
             }
         }
     };
@@ -365,27 +493,44 @@ async fn with_lease<T>(
 }
 
 /// Hands entries idle longer than claim_idle_ms (of dead consumers, or
-/// failed and left pending) to this process's consumers, round robin.
-/// XAUTOCLAIM counts the delivery, so redeliveries are counted in Redis.
+/// failed and left pending) to this process's consumers, claiming only for
+/// a consumer that can take the batch now, so reclaimed work waits at most
+/// one batch. XAUTOCLAIM counts the delivery, so redeliveries are counted
+/// in Redis. Also removes consumers that died long ago and own nothing.
 async fn reclaim(
     s: Arc<Shared>,
     feeds: Vec<(String, mpsc::Sender<Vec<Message>>)>,
     mut conn: ConnectionManager,
+    mut histories_read: mpsc::Receiver<()>,
     cancel: CancellationToken,
 ) {
     let p = &s.pipeline;
+    // A consumer's own history and a scan must not hand out the same entry.
+    tokio::select! {
+        _ = cancel.cancelled() => return,
+        _ = histories_read.recv() => {}
+    }
     let every = super::reclaim_interval(p.source.claim_idle_ms);
+    let remove_after = p.source.remove_consumers_idle_ms;
+    let sweep_every = Duration::from_millis((remove_after / 2).clamp(1, 60_000));
+    let mut swept = Instant::now();
     let mut next = 0;
-    let mut outage = Outage::new(&p.name);
+    let mut outage = Outage::of(&p.name, &s.redis);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
+        if remove_after > 0 && swept.elapsed() >= sweep_every {
+            swept = Instant::now();
+            remove_dead_consumers(&mut conn, p, remove_after).await;
+        }
         let mut cursor = "0-0".to_string();
         loop {
-            let (consumer, feed) = &feeds[next % feeds.len()];
-            next += 1;
+            let Some((index, permit)) = free_feed(&feeds, &mut next, &cancel).await else {
+                return;
+            };
+            let (consumer, feed) = &feeds[index];
             let claimed = source::autoclaim(
                 &mut conn,
                 p.stream(),
@@ -404,26 +549,32 @@ async fn reclaim(
                 Err(e) => {
                     if conn::is_outage(&e) {
                         outage.failed(&e, "reclaiming");
+                    } else if conn::has_code(&e, "NOGROUP") {
+                        debug!(pipeline = %p.name, "no group to reclaim from; the consumers recreate it");
                     } else {
                         warn!(pipeline = %p.name, "XAUTOCLAIM failed: {e}");
                     }
                     break;
                 }
             };
-            if !batch.deleted.is_empty() {
-                info!(pipeline = %p.name, ids = ?batch.deleted, "pending entries were deleted from the stream; Redis dropped them from the group");
+            // Redis 7 drops deleted entries from the group itself; 6.2 needs the ack.
+            if !batch.deleted.is_empty() && dead_letter_trimmed(&conn, p, &batch.deleted).await {
+                settle_acks(&mut conn, p, &batch.deleted).await;
             }
-            if !batch.messages.is_empty() {
+            if batch.messages.is_empty() {
+                drop(permit);
+            } else {
                 info!(pipeline = %p.name, to = %consumer, count = batch.messages.len(), "reclaimed idle entries");
                 metrics::counter!("sluice_reclaimed_total", "pipeline" => p.name.clone())
                     .increment(batch.messages.len() as u64);
-                // Claimed into `consumer`, which may be busy: lease the batch
-                // until it takes it, or a reclaimer would claim it again.
+                // Leased until the consumer takes it (the slot is free
+                // again), or a reclaimer would claim it again.
                 let ids: Vec<String> = batch.messages.iter().map(|m| m.id.clone()).collect();
+                permit.send(batch.messages);
                 let handed = with_lease(conn.clone(), p, consumer, &ids, async {
                     tokio::select! {
                         _ = cancel.cancelled() => false,
-                        sent = feed.send(batch.messages) => sent.is_ok() && feed.reserve().await.is_ok(),
+                        taken = feed.reserve() => taken.is_ok(),
                     }
                 });
                 if !handed.await {
@@ -435,6 +586,43 @@ async fn reclaim(
                 break;
             }
         }
+    }
+}
+
+/// A consumer with room for a reclaimed batch, round robin from `next`:
+/// the first free one, else the next in turn once it has room. None if
+/// cancelled or every consumer is gone.
+async fn free_feed<'a>(
+    feeds: &'a [(String, mpsc::Sender<Vec<Message>>)],
+    next: &mut usize,
+    cancel: &CancellationToken,
+) -> Option<(usize, mpsc::Permit<'a, Vec<Message>>)> {
+    for k in 0..feeds.len() {
+        let index = (*next + k) % feeds.len();
+        if let Ok(permit) = feeds[index].1.try_reserve() {
+            *next = index + 1;
+            return Some((index, permit));
+        }
+    }
+    let index = *next % feeds.len();
+    *next = index + 1;
+    tokio::select! {
+        _ = cancel.cancelled() => None,
+        permit = feeds[index].1.reserve() => permit.ok().map(|permit| (index, permit)),
+    }
+}
+
+/// Removes the group's consumers idle past `remove_consumers_idle_ms` that
+/// own nothing (what processes that died leave behind).
+async fn remove_dead_consumers(conn: &mut ConnectionManager, p: &Pipeline, idle_ms: u64) {
+    match source::remove_idle_consumers(conn, p.stream(), p.group(), idle_ms, None).await {
+        Ok(removed) if !removed.is_empty() => {
+            info!(pipeline = %p.name, group = %p.group(), consumers = ?removed, idle_ms, "removed consumers that were idle and owned nothing");
+            metrics::counter!("sluice_consumers_removed_total", "pipeline" => p.name.clone())
+                .increment(removed.len() as u64);
+        }
+        Ok(_) => {}
+        Err(e) => debug!(pipeline = %p.name, "could not remove idle consumers: {e}"),
     }
 }
 
@@ -555,11 +743,20 @@ async fn settle_acks(conn: &mut ConnectionManager, p: &Pipeline, ids: &[String])
         async move { source::ack(&mut c, p.stream(), p.group(), ids).await }
     })
     .await;
-    if let Err(e) = acked {
-        // Written but not acked: the entries will be delivered again (at-least-once).
-        error!(
-            count = ids.len(),
-            "cannot ack: {e}; these entries will be redelivered"
-        );
+    match acked {
+        Ok(()) => {}
+        Err(e) if conn::has_code(&e, "NOGROUP") => {
+            warn!(
+                count = ids.len(),
+                "cannot ack: the consumer group is gone; it is recreated"
+            );
+        }
+        Err(e) => {
+            // Written but not acked: the entries will be delivered again (at-least-once).
+            error!(
+                count = ids.len(),
+                "cannot ack: {e}; these entries will be redelivered"
+            );
+        }
     }
 }

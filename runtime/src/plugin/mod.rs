@@ -167,10 +167,14 @@ impl Engine {
         let component = match self.cached_on_disk(&hash) {
             Some(component) => component,
             None => {
+                // Seconds for Python or JavaScript: say so, or a first run looks hung.
+                let started = std::time::Instant::now();
+                tracing::info!(plugin = %path.display(), "compiling {} (first run; cached afterwards)", path.display());
                 let component = Component::new(&self.inner.engine, bytes)
                     .map_err(|e| anyhow::anyhow!("{}", first_line(&e)))
                     .context("cannot compile it; a plugin is a WebAssembly component of the sluice:processor world (see sdk/wit), e.g. built with sluice-sdk or componentize-py")?;
                 self.cache_on_disk(&hash, &component);
+                tracing::info!(plugin = %path.display(), ms = started.elapsed().as_millis() as u64, "compiled");
                 component
             }
         };

@@ -1,7 +1,12 @@
 //! Stream source: one consumer of a consumer group.
 //!
-//! A consumer first reads its own pending entries (id `0`: work it was given
-//! before a reconnect or restart under the same name), then new ones (`>`).
+//! A consumer first reads its own pending entries (work left under its name
+//! by an earlier run of this process slot), then new ones (`>`). Reading
+//! history counts a delivery in Redis, so it happens once per start, moving
+//! forward past what it returned, and never again while the consumer runs:
+//! after a connection blip, entries whose reply was lost sit idle in the
+//! group and the reclaimer hands them out after `claim_idle_ms`, counted
+//! once, instead of re-reading work that is still in flight.
 
 use crate::message::{Message, stream_id_ms};
 use redis::aio::ConnectionManager;
@@ -16,6 +21,9 @@ pub struct Batch {
     /// Pending ids whose entries were deleted or trimmed: nothing to process,
     /// but they must be acked or they stay pending forever.
     pub deleted: Vec<String>,
+    /// The last id of the reply, deleted or not: where a history read
+    /// goes on from.
+    last_id: Option<String>,
 }
 
 /// One consumer's reader.
@@ -26,8 +34,9 @@ pub struct StreamReader {
     consumer: String,
     count: u32,
     block_ms: u64,
-    /// Still reading this consumer's own pending entries.
-    own_pending: bool,
+    /// While reading this consumer's own pending entries: the id to read
+    /// after (`0` at first, then the last id returned). None once done.
+    history: Option<String>,
 }
 
 impl StreamReader {
@@ -48,7 +57,7 @@ impl StreamReader {
             consumer: consumer.into(),
             count,
             block_ms,
-            own_pending: true,
+            history: Some("0".into()),
         }
     }
 
@@ -64,7 +73,6 @@ impl StreamReader {
     /// trip, ahead of the read. On an error they may or may not have been
     /// acked; XACK is idempotent, so the caller sends them again.
     pub async fn read(&mut self, acks: &[String]) -> RedisResult<Batch> {
-        let own = self.own_pending;
         let mut pipe = redis::pipe();
         if !acks.is_empty() {
             pipe.cmd("XACK")
@@ -79,18 +87,20 @@ impl StreamReader {
             .arg(&self.consumer)
             .arg("COUNT")
             .arg(self.count);
-        if !own {
+        if self.history.is_none() {
             cmd.arg("BLOCK").arg(self.block_ms);
         }
         cmd.arg("STREAMS")
             .arg(&*self.stream)
-            .arg(if own { "0" } else { ">" });
+            .arg(self.history.as_deref().unwrap_or(">"));
         let (reply,): (Value,) = pipe.query_async(&mut self.conn).await?;
         let mut batch = parse_read(reply, &self.stream);
-        if own {
+        if self.history.is_some() {
+            let last = batch.last_id.take();
             if batch.messages.is_empty() && batch.deleted.is_empty() {
-                self.own_pending = false;
+                self.history = None;
             } else {
+                self.history = last;
                 fill_deliveries(
                     &mut self.conn,
                     &self.stream,
@@ -104,10 +114,15 @@ impl StreamReader {
         Ok(batch)
     }
 
-    /// Starts over with this consumer's own pending entries (after an outage,
-    /// entries delivered to it may have gone unanswered).
-    pub fn reread_own_pending(&mut self) {
-        self.own_pending = true;
+    /// True while the reader is still reading this consumer's own pending
+    /// entries left from before it started.
+    pub fn in_history(&self) -> bool {
+        self.history.is_some()
+    }
+
+    /// After the group was recreated: nothing is pending under any name.
+    pub fn forget_history(&mut self) {
+        self.history = None;
     }
 }
 
@@ -156,8 +171,14 @@ fn parse_read(reply: Value, stream: &Arc<str>) -> Batch {
         };
         for entry in entries {
             match parse_entry(entry, stream) {
-                Entry::Message(m) => batch.messages.push(m),
-                Entry::Deleted(id) => batch.deleted.push(id),
+                Entry::Message(m) => {
+                    batch.last_id = Some(m.id.clone());
+                    batch.messages.push(m);
+                }
+                Entry::Deleted(id) => {
+                    batch.last_id = Some(id.clone());
+                    batch.deleted.push(id);
+                }
                 Entry::Invalid => {}
             }
         }
@@ -251,7 +272,7 @@ pub async fn ensure_group(
         .await;
     match created {
         Ok(()) => Ok(true),
-        Err(e) if e.code() == Some("BUSYGROUP") => Ok(false),
+        Err(e) if crate::conn::has_code(&e, "BUSYGROUP") => Ok(false),
         Err(e) => Err(e),
     }
 }
@@ -285,12 +306,15 @@ pub async fn autoclaim(
     let next = parts.next().and_then(text).unwrap_or_else(|| "0-0".into());
     let stream_key: Arc<str> = stream.into();
     let mut batch = Batch::default();
+    // Redis 6.2 answers a claimed entry that no longer exists with a bare
+    // nil, without its id, and keeps it pending.
+    let mut unnamed = 0;
     if let Some(Value::Array(entries)) = parts.next() {
         for entry in entries {
             match parse_entry(entry, &stream_key) {
                 Entry::Message(m) => batch.messages.push(m),
                 Entry::Deleted(id) => batch.deleted.push(id),
-                Entry::Invalid => {}
+                Entry::Invalid => unnamed += 1,
             }
         }
     }
@@ -298,8 +322,52 @@ pub async fn autoclaim(
     if let Some(Value::Array(ids)) = parts.next() {
         batch.deleted.extend(ids.into_iter().filter_map(text));
     }
+    if unnamed > 0 {
+        batch.deleted.extend(
+            claimed_but_missing(conn, stream, group, consumer, &batch.messages, min_idle_ms)
+                .await?,
+        );
+    }
     fill_deliveries(conn, stream, group, consumer, &mut batch.messages).await?;
     Ok((next, batch))
+}
+
+/// Redis 6.2: the ids of entries just claimed into `consumer` (idle less
+/// than `min_idle_ms` now) that came back without data: those are the
+/// deleted ones, still pending until acked.
+async fn claimed_but_missing(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    got: &[Message],
+    min_idle_ms: u64,
+) -> RedisResult<Vec<String>> {
+    let rows: Vec<(String, String, u64, u32)> = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .arg("-")
+        .arg("+")
+        .arg(10_000)
+        .arg(consumer)
+        .query_async(conn)
+        .await?;
+    let got: std::collections::HashSet<&str> = got.iter().map(|m| m.id.as_str()).collect();
+    let mut missing = Vec::new();
+    for (id, _, idle, _) in rows {
+        if idle < min_idle_ms && !got.contains(id.as_str()) {
+            let exists: Value = redis::cmd("XRANGE")
+                .arg(stream)
+                .arg(&id)
+                .arg(&id)
+                .query_async(conn)
+                .await?;
+            if matches!(&exists, Value::Array(a) if a.is_empty()) {
+                missing.push(id);
+            }
+        }
+    }
+    Ok(missing)
 }
 
 /// Acknowledges `ids` in one XACK.
@@ -321,35 +389,98 @@ pub async fn ack(
         .map(drop)
 }
 
+/// Deletes consumers of KEYS[1]'s group ARGV[1] that own no pending entries
+/// and have been idle at least ARGV[2] ms; ARGV[3], when not empty, limits
+/// it to that one consumer. Check and delete are one step, so no entry
+/// claimed into a consumer meanwhile is dropped with it (DELCONSUMER drops
+/// a consumer's pending entries). Returns the names deleted.
+const REMOVE_IDLE_CONSUMERS: &str = r#"
+local removed = {}
+local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if not ok then return removed end
+for _, c in ipairs(consumers) do
+  local info = {}
+  for k = 1, #c, 2 do info[c[k]] = c[k + 1] end
+  if info['pending'] == 0 and info['idle'] >= tonumber(ARGV[2])
+     and (ARGV[3] == '' or ARGV[3] == info['name']) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    removed[#removed + 1] = info['name']
+  end
+end
+return removed
+"#;
+
 /// Removes `consumer` from `group` if it holds no pending entries, so
-/// consumers that left do not pile up in XINFO CONSUMERS. (DELCONSUMER
-/// would drop its pending entries, hence the check.)
+/// consumers that left do not pile up in XINFO CONSUMERS.
 pub async fn remove_if_idle(
     conn: &mut ConnectionManager,
     stream: &str,
     group: &str,
     consumer: &str,
 ) -> RedisResult<bool> {
-    let pending: Vec<(String, String, u64, u32)> = redis::cmd("XPENDING")
-        .arg(stream)
+    let removed = remove_idle_consumers(conn, stream, group, 0, Some(consumer)).await?;
+    Ok(!removed.is_empty())
+}
+
+/// Removes every consumer of `group` idle at least `min_idle_ms` that owns
+/// no pending entries (left behind by processes that died); returns their
+/// names. A live consumer polls, so its idle time stays below `block_ms`.
+pub async fn remove_idle_consumers(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+    min_idle_ms: u64,
+    only: Option<&str>,
+) -> RedisResult<Vec<String>> {
+    redis::Script::new(REMOVE_IDLE_CONSUMERS)
+        .key(stream)
         .arg(group)
-        .arg("-")
-        .arg("+")
-        .arg(1)
-        .arg(consumer)
-        .query_async(conn)
-        .await?;
-    if !pending.is_empty() {
-        return Ok(false);
+        .arg(min_idle_ms)
+        .arg(only.unwrap_or(""))
+        .invoke_async(conn)
+        .await
+}
+
+/// KEYS[1]: stream; ARGV: group, consumer, ids. Resets the idle time of
+/// the ids still pending for this consumer (XCLAIM ... JUSTID to itself),
+/// leaving alone those another consumer has legitimately claimed since, so
+/// ownership never bounces between two live processes. Returns how many
+/// were renewed.
+const RENEW_LEASE: &str = r#"
+local mine = {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)[1]
+  if p and p[2] == ARGV[2] then mine[#mine + 1] = ARGV[i] end
+end
+if #mine == 0 then return 0 end
+local cmd = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}
+for _, id in ipairs(mine) do cmd[#cmd + 1] = id end
+cmd[#cmd + 1] = 'JUSTID'
+redis.call(unpack(cmd))
+return #mine
+"#;
+
+/// Renews this consumer's lease on `ids` (see [`RENEW_LEASE`]); returns
+/// how many it still held.
+pub async fn renew_lease(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    ids: &[String],
+) -> RedisResult<usize> {
+    let mut renewed = 0;
+    // Lua's unpack has a stack limit: renew in slices.
+    for chunk in ids.chunks(4096) {
+        renewed += redis::Script::new(RENEW_LEASE)
+            .key(stream)
+            .arg(group)
+            .arg(consumer)
+            .arg(chunk)
+            .invoke_async::<usize>(conn)
+            .await?;
     }
-    redis::cmd("XGROUP")
-        .arg("DELCONSUMER")
-        .arg(stream)
-        .arg(group)
-        .arg(consumer)
-        .query_async::<i64>(conn)
-        .await?;
-    Ok(true)
+    Ok(renewed)
 }
 
 #[cfg(test)]
