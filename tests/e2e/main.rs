@@ -11,6 +11,7 @@
 //!   out-of-order `id_field` ids, killed connections, Redis restarted empty, retries under a
 //!   backlog, transient write refusals, trimmed pending entries, dead consumers, fan-out
 //!   children, a slow plugin compile.
+//! - `list_recovery`: list sources through crashes, failed settles and take-overs.
 //! - `reload`: plugin swaps and pipeline file edits while messages flow; the compile cache.
 //! - `shutdown`: SIGTERM drains, a restart resumes, nothing is lost or duplicated.
 //! - `sources`: pub/sub and list sources, several streams, a Python plugin, the bridge
@@ -26,6 +27,7 @@ mod support;
 mod delivery;
 mod guarantees;
 mod holes;
+mod list_recovery;
 mod reload;
 mod shutdown;
 mod sinks;

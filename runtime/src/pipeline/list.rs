@@ -98,13 +98,14 @@ async fn work(
     let mut own = true;
     while !cancel.is_cancelled() {
         let read = async {
-            let items = if own {
-                source::own_items(conn, keys, consumer, p.source.batch).await?
+            if own {
+                source::own_items(conn, keys, consumer, p.source.batch).await
             } else {
-                source::take(conn, keys, consumer, p.source.batch, p.source.block_ms).await?
-            };
-            let counts = source::counts(conn, keys, &items).await?;
-            redis::RedisResult::Ok((items, counts))
+                let items =
+                    source::take(conn, keys, consumer, p.source.batch, p.source.block_ms).await?;
+                let counts = source::counts(conn, keys, &items).await?;
+                redis::RedisResult::Ok((items, counts))
+            }
         };
         let (items, counts) = match read.await {
             Ok(read) => {
@@ -121,6 +122,12 @@ async fn work(
         if items.is_empty() {
             own = false;
             continue;
+        }
+        if own {
+            info!(
+                items = items.len(),
+                "taking up items this consumer already held (a restart, a lost reply or a failed settle); a delivery is counted for each"
+            );
         }
         let batch = source::to_messages(items, counts, &list);
         process_batch(s, keys, consumer, &mut chain, batch, conn, cancel).await;

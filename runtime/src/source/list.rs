@@ -8,6 +8,15 @@
 //! first, by any live process. Delivery counts live in a hash keyed by the
 //! item's SHA-1, so `max_deliveries` and dead letters work as for streams.
 //!
+//! A delivery is counted each time an item is handed to the processors
+//! again: when it goes back to the queue (a retry, a take-over), and when a
+//! consumer picks it up from its own processing list (a restart, a lost
+//! reply, a settle that failed), in the same script as the read. So an item
+//! that kills the process is dead-lettered after `max_deliveries` restarts
+//! instead of killing every restart. A reply lost after the read counts one
+//! delivery too many: the count errs towards dead-lettering, never towards
+//! looping.
+//!
 //! All keys share the list's hash slot (`{jobs}:processing:...` for a list
 //! `jobs`), as LMOVE needs on a cluster.
 
@@ -30,6 +39,19 @@ while true do
   n = n + 1
 end
 return n
+"#;
+
+/// Reads the oldest `ARGV[1]` items of a consumer's own processing list and
+/// counts one delivery for each, atomically: a crash right after the read
+/// still leaves the delivery counted. Returns {items (newest first), counts}.
+/// KEYS: processing list, delivery counts.
+const OWN_ITEMS: &str = r#"
+local items = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
+local counts = {}
+for i, item in ipairs(items) do
+  counts[i] = redis.call('HINCRBY', KEYS[2], redis.sha1hex(item), 1)
+end
+return {items, counts}
 "#;
 
 /// The keys of one list source.
@@ -128,22 +150,23 @@ pub fn item_key(item: &[u8]) -> String {
     sha1_smol::Sha1::from(item).digest().to_string()
 }
 
-/// Reads the items a consumer already holds (after a restart or an
-/// outage), oldest first.
+/// Reads the oldest `count` items a consumer already holds (after a
+/// restart, a lost reply or a failed settle), oldest first, counting a
+/// delivery for each. Returns the items and their redelivery counts.
 pub async fn own_items(
     conn: &mut ConnectionManager,
     keys: &Keys,
     consumer: &str,
     count: u32,
-) -> RedisResult<Vec<Vec<u8>>> {
-    let mut items: Vec<Vec<u8>> = redis::cmd("LRANGE")
-        .arg(keys.processing(consumer))
-        .arg(-(count as i64))
-        .arg(-1)
-        .query_async(conn)
+) -> RedisResult<(Vec<Vec<u8>>, Vec<Option<u32>>)> {
+    let (mut items, counts): (Vec<Vec<u8>>, Vec<u32>) = redis::Script::new(OWN_ITEMS)
+        .key(keys.processing(consumer))
+        .key(keys.deliveries())
+        .arg(count)
+        .invoke_async(conn)
         .await?;
     items.reverse();
-    Ok(items)
+    Ok((items, counts.into_iter().rev().map(Some).collect()))
 }
 
 /// Moves up to `count` new items into the consumer's processing list:

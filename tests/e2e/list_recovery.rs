@@ -1,0 +1,132 @@
+//! List sources when things go wrong: an item that kills every process that takes it, a dead
+//! letter that cannot be written, a consumer that is alive when the reclaimer looks
+//! (DESIGN.md, "Delivery semantics": list source).
+
+use tempfile::TempDir;
+
+use crate::support::keys::{keys_matching, llen, lpush_many, lrange_all};
+use crate::support::streams::{Entry, xlen, xrange_all};
+use crate::support::{Pipeline, RedisServer, Sluice, plugin};
+
+const PROCESSING: &str = "{jobs}:processing:*";
+const DELIVERIES: &str = "{jobs}:deliveries";
+
+/// A list → faults plugin → stream pipeline: list `jobs`, sink stream `jobs:out`, dead letters
+/// in `jobs:dead`. The item is the action (`field = "payload"`); a `loop` item spins for ten
+/// minutes, far longer than any test waits, so the process holds it until killed.
+fn list_pipeline(redis: &RedisServer, source: &str) -> Pipeline {
+    Pipeline::write(
+        "jobs",
+        &format!(
+            r#"[redis]
+url = "{url}"
+
+[source]
+type = "list"
+list = "jobs"
+block_ms = 100
+{source}
+
+[[processor]]
+plugin = '{plugin}'
+timeout_ms = 600000
+[processor.config]
+field = "payload"
+
+[[sink]]
+type = "stream"
+stream = "jobs:out"
+"#,
+            url = redis.url(),
+            plugin = plugin("faults").display(),
+        ),
+    )
+}
+
+fn cache() -> TempDir {
+    tempfile::tempdir().expect("create a temp dir for the plugin cache")
+}
+
+/// Every item held in a processing list, and the redelivery counts recorded.
+fn held(con: &mut redis::Connection) -> (Vec<String>, Vec<u32>) {
+    let items = keys_matching(con, PROCESSING)
+        .iter()
+        .flat_map(|list| lrange_all(con, list))
+        .collect();
+    let counts = redis::cmd("HVALS")
+        .arg(DELIVERIES)
+        .query(con)
+        .expect("HVALS deliveries");
+    (items, counts)
+}
+
+#[test]
+fn a_list_item_that_kills_every_process_is_dead_lettered_after_max_deliveries() {
+    const MAX_DELIVERIES: u32 = 2;
+    const OK: usize = 10;
+    let redis = RedisServer::new();
+    let mut con = redis.conn();
+    let mut items = vec!["loop"];
+    items.extend(vec!["ok"; OK]);
+    lpush_many(&mut con, "jobs", &items);
+    // Batch 1: the killer item is alone in its batch, the ok items wait behind it.
+    let pipeline = list_pipeline(
+        &redis,
+        &format!("batch = 1\nmax_deliveries = {MAX_DELIVERIES}"),
+    );
+
+    // Each run takes the item and dies with it (kill -9, as an OOM kill or a segfault
+    // would). The first run takes it from the queue; each restart on this host takes over the
+    // dead predecessor's name and picks the item up from its processing list, which must count
+    // a delivery, or the item kills every restart forever.
+    for run in 1..=MAX_DELIVERIES {
+        let cache = cache();
+        let mut sluice = Sluice::run_cached(pipeline.path(), cache.path());
+        let redelivered = run - 1;
+        let expect_counts = if redelivered == 0 {
+            vec![]
+        } else {
+            vec![redelivered]
+        };
+        sluice.wait_for(
+            &format!(
+                "run {run}: the loop item held, {redelivered} redelivery counted (seen: (held, counts))"
+            ),
+            |_| held(&mut con),
+            |(items, counts)| items == &["loop"] && *counts == expect_counts,
+        );
+        sluice.kill9();
+    }
+
+    let cache = cache();
+    let mut sluice = Sluice::run_cached(pipeline.path(), cache.path());
+    sluice.wait_for(
+        "the loop item dead-lettered without running again, the ok items written, nothing held \
+         (seen: (out, dead, queue, held))",
+        |_| {
+            (
+                xlen(&mut con, "jobs:out"),
+                xlen(&mut con, "jobs:dead"),
+                llen(&mut con, "jobs"),
+                held(&mut con),
+            )
+        },
+        |seen| *seen == (OK, 1, 0, (Vec::new(), Vec::new())),
+    );
+    sluice.shutdown();
+
+    let dead: Vec<Entry> = xrange_all(&mut con, "jobs:dead");
+    let letter = &dead[0];
+    assert_eq!(letter.get("payload"), "loop");
+    assert_eq!(letter.get("sluice.stream"), "jobs");
+    assert_eq!(
+        letter.get("sluice.deliveries"),
+        (MAX_DELIVERIES + 1).to_string(),
+        "delivered once per run, the last one only to dead-letter it: {letter:?}"
+    );
+    assert_eq!(
+        letter.get("sluice.error_class"),
+        "unsettled",
+        "no run recorded an outcome: {letter:?}"
+    );
+}
