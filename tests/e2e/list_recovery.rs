@@ -2,6 +2,8 @@
 //! letter that cannot be written, a consumer that is alive when the reclaimer looks
 //! (DESIGN.md, "Delivery semantics": list source).
 
+use std::time::Instant;
+
 use tempfile::TempDir;
 
 use crate::support::keys::{keys_matching, llen, lpush_many, lrange_all};
@@ -128,5 +130,122 @@ fn a_list_item_that_kills_every_process_is_dead_lettered_after_max_deliveries() 
         letter.get("sluice.error_class"),
         "unsettled",
         "no run recorded an outcome: {letter:?}"
+    );
+}
+
+#[test]
+fn a_list_item_whose_dead_letter_cannot_be_written_is_settled_once_it_can() {
+    const OK: usize = 20;
+    let redis = RedisServer::new();
+    let mut con = redis.conn();
+    // The dead-letter key holds a string: every XADD to it fails (WRONGTYPE), as a
+    // misconfigured or full dead-letter Redis would refuse it.
+    let () = redis::cmd("SET")
+        .arg("jobs:dead")
+        .arg("not a stream")
+        .query(&mut con)
+        .expect("SET jobs:dead");
+    let mut items = vec!["poison"];
+    items.extend(vec!["ok"; OK]);
+    lpush_many(&mut con, "jobs", &items);
+    let pipeline = list_pipeline(&redis, "batch = 1");
+
+    let cache = cache();
+    let mut sluice = Sluice::run_cached(pipeline.path(), cache.path());
+    sluice.wait_for(
+        "the ok items written while the poison item waits in the processing list \
+         (seen: (out, queue, held items))",
+        |_| {
+            (
+                xlen(&mut con, "jobs:out"),
+                llen(&mut con, "jobs"),
+                held(&mut con).0,
+            )
+        },
+        |seen| *seen == (OK, 0, vec!["poison".to_owned()]),
+    );
+    sluice.wait_for_log(&["cannot write dead letters"], 1);
+
+    // The dead-letter stream works again: the live consumer must settle what it holds by
+    // itself, without a restart.
+    let _: i64 = redis::cmd("DEL")
+        .arg("jobs:dead")
+        .query(&mut con)
+        .expect("DEL jobs:dead");
+    let fixed = Instant::now();
+    sluice.wait_for(
+        "the poison item dead-lettered and nothing held (seen: (dead, held))",
+        |_| (xlen(&mut con, "jobs:dead"), held(&mut con)),
+        |seen| *seen == (1, (Vec::new(), Vec::new())),
+    );
+    println!(
+        "held item settled {} ms after the dead-letter stream accepted writes again",
+        fixed.elapsed().as_millis()
+    );
+    sluice.shutdown();
+
+    let dead = xrange_all(&mut con, "jobs:dead");
+    assert_eq!(dead[0].get("payload"), "poison", "{dead:?}");
+    assert_eq!(xlen(&mut con, "jobs:out"), OK, "nothing written twice");
+}
+
+/// The reclaimer's take-over of one consumer, called the way the runtime calls it. The race it
+/// closes (a consumer restarting between a heartbeat check and the move) cannot be timed from
+/// outside, so this checks the guard itself: the check and the move are one script, which
+/// refuses while the heartbeat exists and moves everything once it is gone.
+#[test]
+fn a_take_over_checks_the_heartbeat_in_the_same_script_as_the_move() {
+    use sluice::source::list::{Keys, take_over};
+    let redis = RedisServer::new();
+    let mut con = redis.conn();
+    let processing = "{jobs}:processing:host-0";
+    let heartbeat = "{jobs}:consumer:host-0";
+    let () = redis::pipe()
+        .cmd("RPUSH")
+        .arg(processing)
+        .arg(&["newer", "older"])
+        .ignore()
+        .cmd("SET")
+        .arg(heartbeat)
+        .arg("4242")
+        .arg("PX")
+        .arg(60_000)
+        .ignore()
+        .query(&mut con)
+        .expect("a consumer holding two items");
+    let keys = Keys::new("jobs");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let client = sluice::conn::client(&redis.url()).expect("a client");
+    let take_over_now = || {
+        runtime.block_on(async {
+            let mut conn = sluice::conn::manager(&client, sluice::conn::COMMAND_TIMEOUT)
+                .expect("a connection");
+            take_over(&mut conn, &keys, "host-0")
+                .await
+                .expect("the take-over script")
+        })
+    };
+
+    assert_eq!(take_over_now(), None, "a live consumer keeps its items");
+    assert_eq!(lrange_all(&mut con, processing), ["newer", "older"]);
+    assert_eq!(llen(&mut con, "jobs"), 0);
+
+    let _: i64 = redis::cmd("DEL")
+        .arg(heartbeat)
+        .query(&mut con)
+        .expect("DEL the heartbeat");
+    assert_eq!(take_over_now(), Some(2), "a dead consumer's items go back");
+    assert_eq!(
+        lrange_all(&mut con, "jobs"),
+        ["newer", "older"],
+        "oldest at the consumer end (the tail) of the queue"
+    );
+    assert_eq!(
+        held(&mut con),
+        (Vec::new(), vec![1, 1]),
+        "a delivery counted each"
     );
 }

@@ -5,6 +5,14 @@
 //! batches. Settled items leave the processing list; failed ones go back to
 //! the queue with a delivery counted; a reclaimer returns the items of
 //! consumers whose heartbeat expired.
+//!
+//! Failure points, per item: dying after the move into the processing list
+//! leaves the item there for the restart on this host (which counts a
+//! delivery) or, past the heartbeat, for the reclaimer. Dying between the
+//! sink write and the LREM writes the item again (at-least-once). A dead
+//! letter or settle that fails leaves the item in the processing list; the
+//! consumer takes it up again after [`RECHECK_FIRST`] (doubling, up to
+//! [`RECHECK_MAX`]) while new items keep flowing.
 
 use super::{Shared, retry_outage, run_chain};
 use crate::ack;
@@ -15,10 +23,18 @@ use crate::source::list::{self as source, Keys};
 use anyhow::Result;
 use redis::aio::ConnectionManager;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, warn};
+
+/// The first wait before a consumer takes up again items it could not
+/// settle; it doubles while they stay unsettled, up to [`RECHECK_MAX`].
+const RECHECK_FIRST: Duration = Duration::from_millis(100);
+
+/// The longest wait before unsettled items are taken up again: how long a
+/// fixed dead-letter stream waits for a consumer to notice.
+const RECHECK_MAX: Duration = Duration::from_secs(5);
 
 pub(super) async fn run(s: Arc<Shared>, cancel: CancellationToken) -> Result<()> {
     let p = &s.pipeline;
@@ -96,7 +112,11 @@ async fn work(
     let mut outage = Outage::new(&p.name);
     // Items held from before (a restart or a lost reply) come first.
     let mut own = true;
+    // Items left unsettled in the processing list are taken up again at
+    // `recheck.at`; new items flow meanwhile.
+    let mut recheck = Recheck::default();
     while !cancel.is_cancelled() {
+        own |= recheck.due();
         let read = async {
             if own {
                 source::own_items(conn, keys, consumer, p.source.batch).await
@@ -120,6 +140,9 @@ async fn work(
             }
         };
         if items.is_empty() {
+            if own {
+                recheck = Recheck::default();
+            }
             own = false;
             continue;
         }
@@ -130,10 +153,53 @@ async fn work(
             );
         }
         let batch = source::to_messages(items, counts, &list);
-        process_batch(s, keys, consumer, &mut chain, batch, conn, cancel).await;
+        if !process_batch(s, keys, consumer, &mut chain, batch, conn, cancel).await {
+            // Taking them up again at once would spin on a dead-letter
+            // stream that refuses writes: later, with a growing delay.
+            recheck.schedule();
+            own = false;
+        }
     }
 }
 
+/// When a consumer next takes up the items it could not settle.
+struct Recheck {
+    at: Option<Instant>,
+    delay: Duration,
+}
+
+impl Default for Recheck {
+    fn default() -> Self {
+        Recheck {
+            at: None,
+            delay: RECHECK_FIRST,
+        }
+    }
+}
+
+impl Recheck {
+    /// Whether a scheduled recheck is due (it is then no longer scheduled).
+    fn due(&mut self) -> bool {
+        let due = self.at.is_some_and(|at| Instant::now() >= at);
+        if due {
+            self.at = None;
+        }
+        due
+    }
+
+    /// Schedules a recheck, unless one is already scheduled; each one
+    /// before the processing list is found empty waits twice as long.
+    fn schedule(&mut self) {
+        if self.at.is_none() {
+            self.at = Some(Instant::now() + self.delay);
+            self.delay = (self.delay * 2).min(RECHECK_MAX);
+        }
+    }
+}
+
+/// Processes and settles one batch. False if some of its items could not
+/// be settled (their dead letter or the settle itself failed, or the
+/// processing thread panicked): they are still in the processing list.
 async fn process_batch(
     s: &Shared,
     keys: &Keys,
@@ -142,13 +208,13 @@ async fn process_batch(
     batch: Vec<Message>,
     conn: &mut ConnectionManager,
     stop: &CancellationToken,
-) {
+) -> bool {
     let p = &s.pipeline;
     let max = p.source.max_deliveries;
     let (mut done, mut statuses, fresh) = super::split_unsettled(batch, max);
     if !fresh.is_empty() {
         let Some((fresh, outcomes)) = run_chain(s, chain, fresh).await else {
-            return;
+            return false;
         };
         statuses.extend(ack::deliver(&fresh, outcomes, &s.sinks, max, stop).await);
         done.extend(fresh);
@@ -164,9 +230,11 @@ async fn process_batch(
     if let Err(e) = settled {
         error!(
             count = acked.len() + again.len(),
-            "cannot settle items: {e}; they stay in the processing list and will be redelivered"
+            "cannot settle items: {e}; they stay in the processing list and will be taken up again"
         );
+        return false;
     }
+    acked.len() + again.len() == done.len()
 }
 
 /// Returns the items of consumers whose heartbeat expired to the queue.

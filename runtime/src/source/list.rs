@@ -28,9 +28,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Moves every item of a dead consumer's processing list back to the
-/// queue's consumer end, oldest first, counting one delivery each.
-/// KEYS: processing list, queue, delivery counts.
+/// queue's consumer end, oldest first, counting one delivery each; does
+/// nothing (returns -1) if the consumer's heartbeat exists. The check is in
+/// the script: checked outside, a consumer restarting between the check and
+/// the move would lose the items it just took up to the queue, and both
+/// would process them.
+/// KEYS: processing list, queue, delivery counts, heartbeat.
 const TAKE_OVER: &str = r#"
+if redis.call('EXISTS', KEYS[4]) == 1 then return -1 end
 local n = 0
 while true do
   local item = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
@@ -52,6 +57,17 @@ for i, item in ipairs(items) do
   counts[i] = redis.call('HINCRBY', KEYS[2], redis.sha1hex(item), 1)
 end
 return {items, counts}
+"#;
+
+/// Sets heartbeat `KEYS[1]` to `ARGV[2]` for `ARGV[3]` ms if it still holds
+/// `ARGV[1]` (or is missing, for an empty `ARGV[1]`). Returns 1 if set.
+const CLAIM_FROM: &str = r#"
+local holder = redis.call('GET', KEYS[1])
+if (holder == false and ARGV[1] == '') or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
 "#;
 
 /// The keys of one list source.
@@ -296,12 +312,21 @@ pub async fn claim_name(
         if claimed {
             return Ok(name);
         }
-        let holder: Option<u32> = redis::cmd("GET").arg(&key).query_async(conn).await?;
-        let dead = holder.is_some_and(|pid| {
-            pid == me || !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        let holder: Option<String> = redis::cmd("GET").arg(&key).query_async(conn).await?;
+        let dead = holder.as_deref().is_none_or(|pid| {
+            pid == me.to_string() || !std::path::Path::new(&format!("/proc/{pid}")).exists()
         });
-        if dead || holder.is_none() {
-            heartbeat(conn, keys, &name, ttl_ms).await?;
+        // Only if the heartbeat still names the process found dead: two
+        // restarts racing for one name must not both get it.
+        if dead
+            && redis::Script::new(CLAIM_FROM)
+                .key(&key)
+                .arg(holder.unwrap_or_default())
+                .arg(me)
+                .arg(ttl_ms)
+                .invoke_async::<bool>(conn)
+                .await?
+        {
             return Ok(name);
         }
     }
@@ -363,31 +388,34 @@ pub async fn take_over_dead(
         cursor = next;
     }
     let prefix = keys.processing("");
-    let script = redis::Script::new(TAKE_OVER);
     let mut taken = Vec::new();
     for processing in lists {
-        let consumer = processing
-            .strip_prefix(&prefix)
-            .unwrap_or_default()
-            .to_string();
-        let alive: bool = redis::cmd("EXISTS")
-            .arg(keys.heartbeat(&consumer))
-            .query_async(conn)
-            .await?;
-        if alive {
-            continue;
-        }
-        let moved: i64 = script
-            .key(&processing)
-            .key(&keys.list)
-            .key(keys.deliveries())
-            .invoke_async(conn)
-            .await?;
-        if moved > 0 {
-            taken.push((consumer, moved));
+        let consumer = processing.strip_prefix(&prefix).unwrap_or_default();
+        if let Some(moved) = take_over(conn, keys, consumer).await?
+            && moved > 0
+        {
+            taken.push((consumer.to_string(), moved));
         }
     }
     Ok(taken)
+}
+
+/// Moves the processing list of `consumer` back to the queue if, at that
+/// moment, its heartbeat has expired: None if it is alive, else how many
+/// items were moved. Check and move are one script.
+pub async fn take_over(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    consumer: &str,
+) -> RedisResult<Option<i64>> {
+    let moved: i64 = redis::Script::new(TAKE_OVER)
+        .key(keys.processing(consumer))
+        .key(&keys.list)
+        .key(keys.deliveries())
+        .key(keys.heartbeat(consumer))
+        .invoke_async(conn)
+        .await?;
+    Ok((moved >= 0).then_some(moved))
 }
 
 #[cfg(test)]
