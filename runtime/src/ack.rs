@@ -237,6 +237,27 @@ pub fn dead_letter_fields(
     fields
 }
 
+/// The dead-letter field naming the kind of source a message came from
+/// (`stream`, `list` or `pubsub`), so that a replay puts it back in the form
+/// that source reads. A dead letter without it came from a stream.
+pub const SOURCE_TYPE_FIELD: &str = "sluice.source_type";
+
+/// Adds [`SOURCE_TYPE_FIELD`] to the fields of [`dead_letter_fields`], next
+/// to `sluice.stream`, which names the list or channel for those sources.
+pub fn with_source_type(
+    mut fields: Vec<(String, Vec<u8>)>,
+    kind: crate::config::SourceType,
+) -> Vec<(String, Vec<u8>)> {
+    use crate::config::SourceType;
+    let kind = match kind {
+        SourceType::Stream => "stream",
+        SourceType::List => "list",
+        SourceType::Pubsub => "pubsub",
+    };
+    fields.insert(1, (SOURCE_TYPE_FIELD.into(), kind.into()));
+    fields
+}
+
 /// Prefix of the fields a dead-letter entry adds.
 pub const DEAD_LETTER_PREFIX: &str = "sluice.";
 

@@ -9,7 +9,11 @@ use crate::message::{Field, Message};
 use crate::source::stream::parse_range;
 use anyhow::{Context, Result};
 use redis::aio::MultiplexedConnection;
+use std::collections::HashMap;
 use std::io::Write;
+
+/// [`crate::ack::SOURCE_TYPE_FIELD`] without the prefix, as [`meta`] takes it.
+const SOURCE_TYPE: &str = "source_type";
 
 /// Entries read per round trip.
 const CHUNK: usize = 500;
@@ -42,9 +46,14 @@ pub async fn list(
     Ok(entries.len())
 }
 
-/// Re-adds dead letters to their source stream (or `to`) with their original
-/// fields, and removes each from the dead-letter stream only once its
-/// re-add succeeded. `ids` limits the replay to those entries.
+/// Puts dead letters back where they came from (or on `to`) with their
+/// original fields, in the form their source reads: XADD to a stream, LPUSH
+/// of the `payload` onto a list (the end a list source takes last, as its
+/// retries do), PUBLISH of the `payload` on a channel. Each is removed from
+/// the dead-letter stream only once it is back: a PUBLISH that no
+/// subscriber received counts as failed, since pub/sub keeps nothing.
+/// `ids` limits the replay to those entries; without, it replays the
+/// entries present when it starts.
 pub async fn replay(
     conn: &mut MultiplexedConnection,
     stream: &str,
@@ -53,9 +62,24 @@ pub async fn replay(
 ) -> Result<usize> {
     let mut replayed = 0;
     let mut cursor = "-".to_string();
+    let mut key_types = HashMap::new();
+    // Only what is there now: a replayed message that fails again while we
+    // replay is dead-lettered anew and must not be replayed in a loop.
+    let newest: Vec<(String, redis::Value)> = redis::cmd("XREVRANGE")
+        .arg(stream)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(conn)
+        .await?;
+    let Some((end, _)) = newest.into_iter().next() else {
+        anyhow::ensure!(ids.is_empty(), "{stream} is empty");
+        return Ok(0);
+    };
     loop {
         let entries = if ids.is_empty() {
-            range(conn, stream, &cursor, "+", CHUNK).await?
+            range(conn, stream, &cursor, &end, CHUNK).await?
         } else {
             let mut found = Vec::new();
             for id in ids {
@@ -69,6 +93,7 @@ pub async fn replay(
         cursor = format!("({}", last.id);
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
+        let mut sent = Vec::with_capacity(entries.len());
         for entry in &entries {
             let target = to
                 .map(str::to_string)
@@ -84,18 +109,46 @@ pub async fn replay(
                 "entry {} has no original fields to replay",
                 entry.id
             );
-            let cmd = pipe.cmd("XADD").arg(&target).arg("*");
-            for (name, value) in fields {
-                cmd.arg(name.as_str()).arg(value.as_slice());
+            let kind = source_kind(conn, entry, &target, &mut key_types).await?;
+            match kind {
+                Kind::Stream => {
+                    let cmd = pipe.cmd("XADD").arg(&target).arg("*");
+                    for (name, value) in fields {
+                        cmd.arg(name.as_str()).arg(value.as_slice());
+                    }
+                }
+                Kind::List => {
+                    pipe.cmd("LPUSH").arg(&target).arg(payload(entry, &fields)?);
+                }
+                Kind::Pubsub => {
+                    pipe.cmd("PUBLISH")
+                        .arg(&target)
+                        .arg(payload(entry, &fields)?);
+                }
             }
+            sent.push((kind, target));
         }
         let results: Vec<redis::RedisResult<redis::Value>> = pipe.query_async(conn).await?;
-        let added: Vec<&str> = entries
-            .iter()
-            .zip(&results)
-            .filter(|(_, r)| r.is_ok())
-            .map(|(e, _)| e.id.as_str())
-            .collect();
+        let mut added = Vec::new();
+        let mut failed = None;
+        for ((entry, (kind, target)), result) in entries.iter().zip(&sent).zip(results) {
+            match (kind, result) {
+                (Kind::Pubsub, Ok(redis::Value::Int(0))) => {
+                    failed.get_or_insert_with(|| {
+                        format!(
+                            "entry {}: no subscriber on channel `{target}` received it, so it is kept (pub/sub keeps nothing: start the pipeline, then replay)",
+                            entry.id
+                        )
+                    });
+                }
+                (_, Ok(_)) => added.push(entry.id.as_str()),
+                (_, Err(e)) => {
+                    failed.get_or_insert_with(|| {
+                        format!("entry {} to {kind} `{target}`: {e}", entry.id)
+                    });
+                }
+            }
+        }
         if !added.is_empty() {
             redis::cmd("XDEL")
                 .arg(stream)
@@ -104,14 +157,84 @@ pub async fn replay(
                 .await?;
         }
         replayed += added.len();
-        if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
-            anyhow::bail!("replayed {replayed}, then a re-add failed: {e}");
+        if let Some(e) = failed {
+            anyhow::bail!("replayed {replayed}, then a replay failed: {e}");
         }
         if !ids.is_empty() {
             break;
         }
     }
     Ok(replayed)
+}
+
+/// The kinds of source a dead letter can go back to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Stream,
+    List,
+    Pubsub,
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kind::Stream => "stream",
+            Kind::List => "list",
+            Kind::Pubsub => "channel",
+        })
+    }
+}
+
+/// The kind of source `entry` came from: its `sluice.source_type`, or for
+/// dead letters written before that field existed, a list if `target` is a
+/// list key and a stream otherwise (`key_types` caches TYPE per key).
+async fn source_kind(
+    conn: &mut MultiplexedConnection,
+    entry: &Message,
+    target: &str,
+    key_types: &mut HashMap<String, String>,
+) -> Result<Kind> {
+    match meta(entry, SOURCE_TYPE).as_str() {
+        "stream" => Ok(Kind::Stream),
+        "list" => Ok(Kind::List),
+        "pubsub" => Ok(Kind::Pubsub),
+        "" => {
+            if !key_types.contains_key(target) {
+                let found: String = redis::cmd("TYPE")
+                    .arg(target)
+                    .query_async(conn)
+                    .await
+                    .with_context(|| format!("TYPE {target}"))?;
+                key_types.insert(target.to_string(), found);
+            }
+            Ok(if key_types[target] == "list" {
+                Kind::List
+            } else {
+                Kind::Stream
+            })
+        }
+        other => anyhow::bail!(
+            "entry {} has {}{SOURCE_TYPE} = `{other}`; valid: stream, list or pubsub",
+            entry.id,
+            DEAD_LETTER_PREFIX
+        ),
+    }
+}
+
+/// The `payload` of a list item's or pub/sub message's dead letter: the
+/// one value those sources carry.
+fn payload<'a>(entry: &Message, fields: &[&'a Field]) -> Result<&'a [u8]> {
+    fields
+        .iter()
+        .copied()
+        .find(|field| field.0 == "payload")
+        .map(|field| field.1.as_slice())
+        .with_context(|| {
+            format!(
+                "entry {} has no `payload` field to push or publish",
+                entry.id
+            )
+        })
 }
 
 /// Removes every entry of the dead-letter stream (keeping the key and any

@@ -132,13 +132,14 @@ enum DlqAction {
         #[arg(long, default_value_t = 100)]
         count: usize,
     },
-    /// Put dead letters back on their source stream for processing; each is
-    /// removed from the dead-letter stream only after its re-add succeeded.
+    /// Put dead letters back on their source for processing (a stream entry
+    /// re-added, a list item pushed, a pub/sub message published); each is
+    /// removed from the dead-letter stream only after that succeeded.
     Replay {
         /// The dead-letter stream.
         stream: String,
-        /// Write to this stream instead of the one each entry came from.
-        #[arg(long, value_name = "STREAM")]
+        /// Send to this key (or channel) instead of the one each entry came from.
+        #[arg(long, value_name = "KEY")]
         to: Option<String>,
         /// Replay only these entries (dead-letter entry ids).
         #[arg(long, num_args = 1..)]

@@ -11,6 +11,7 @@
 //!   out-of-order `id_field` ids, killed connections, Redis restarted empty, retries under a
 //!   backlog, transient write refusals, trimmed pending entries, dead consumers, fan-out
 //!   children, a slow plugin compile.
+//! - `dlq_replay`: `sluice dlq replay` back onto a list, a channel or a stream.
 //! - `list_recovery`: list sources through crashes, failed settles and take-overs.
 //! - `reload`: plugin swaps and pipeline file edits while messages flow; the compile cache.
 //! - `shutdown`: SIGTERM drains, a restart resumes, nothing is lost or duplicated.
@@ -25,6 +26,7 @@
 mod support;
 
 mod delivery;
+mod dlq_replay;
 mod guarantees;
 mod holes;
 mod list_recovery;

@@ -270,7 +270,8 @@ async fn write_dead_letters(
     let mut pipe = redis::pipe();
     for (msg, failure) in rejected {
         let cmd = pipe.cmd("XADD").arg(stream).arg("*");
-        for (k, v) in ack::dead_letter_fields(msg, failure, p.group(), &p.name) {
+        let fields = ack::dead_letter_fields(msg, failure, p.group(), &p.name);
+        for (k, v) in ack::with_source_type(fields, p.source.kind) {
             cmd.arg(k).arg(v);
         }
     }
