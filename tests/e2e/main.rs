@@ -13,6 +13,7 @@
 //!   children, a slow plugin compile.
 //! - `dlq_replay`: `sluice dlq replay` back onto a list, a channel or a stream.
 //! - `list_recovery`: list sources through crashes, failed settles and take-overs.
+//! - `pubsub_keepalive`: a silent or killed subscription is noticed and renewed.
 //! - `reload`: plugin swaps and pipeline file edits while messages flow; the compile cache.
 //! - `shutdown`: SIGTERM drains, a restart resumes, nothing is lost or duplicated.
 //! - `sources`: pub/sub and list sources, several streams, a Python plugin, the bridge
@@ -30,6 +31,7 @@ mod dlq_replay;
 mod guarantees;
 mod holes;
 mod list_recovery;
+mod pubsub_keepalive;
 mod reload;
 mod shutdown;
 mod sinks;

@@ -13,6 +13,14 @@
 //!
 //! A failed message is retried in this process up to `max_deliveries`
 //! times (nothing can redeliver it later), then dead-lettered.
+//!
+//! A subscription can die without a word: a half-open link (a NAT or
+//! firewall that dropped the flow, a peer that vanished) delivers nothing
+//! and never closes, while Redis still counts the subscriber. The
+//! subscriber therefore PINGs on its connection every [`KEEPALIVE_EVERY`];
+//! an error or no answer within [`KEEPALIVE_TIMEOUT`] ends the session,
+//! like a closed connection does, and it subscribes again on a new
+//! connection (a warning, and `sluice_pubsub_resubscribes_total`).
 
 use super::{Shared, run_chain};
 use crate::ack;
@@ -59,8 +67,9 @@ pub(super) async fn run(s: Arc<Shared>, cancel: CancellationToken) -> Result<()>
     Ok(())
 }
 
-/// Subscribes, and resubscribes after every disconnect, until `cancel`.
-/// Dropping `tx` on return lets the consumers finish the buffer and stop.
+/// Subscribes, and resubscribes whenever the subscription ends, until
+/// `cancel`. Dropping `tx` on return lets the consumers finish the buffer
+/// and stop.
 async fn subscribe(s: Arc<Shared>, tx: mpsc::Sender<Message>, cancel: CancellationToken) {
     let p = &s.pipeline;
     let mut outage = Outage::new(&p.name);
@@ -78,12 +87,17 @@ async fn subscribe(s: Arc<Shared>, tx: mpsc::Sender<Message>, cancel: Cancellati
         };
         let pubsub = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = subscribed => r,
+            r = tokio::time::timeout(conn::COMMAND_TIMEOUT, subscribed) => {
+                r.unwrap_or_else(|_| Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "subscribing timed out",
+                ))))
+            }
         };
-        let mut stream = match pubsub {
+        let (sink, mut stream) = match pubsub {
             Ok(pubsub) => {
                 outage.recovered();
-                pubsub.into_on_message()
+                pubsub.split()
             }
             Err(e) => {
                 outage.failed(&e, "subscribing");
@@ -93,27 +107,91 @@ async fn subscribe(s: Arc<Shared>, tx: mpsc::Sender<Message>, cancel: Cancellati
                 continue;
             }
         };
-        loop {
+        // Checks the link while messages flow in: a half-open connection
+        // delivers nothing and ends nothing, only a PING can tell.
+        let mut keepalive = tokio::spawn(keepalive(sink));
+        let end = loop {
             let msg = tokio::select! {
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => {
+                    keepalive.abort();
+                    return;
+                }
+                end = &mut keepalive => break end.unwrap_or(SessionEnd::Closed),
                 msg = stream.next() => msg,
             };
-            let Some(msg) = msg else { break };
+            let Some(msg) = msg else {
+                break SessionEnd::Closed;
+            };
             let message = to_message(&msg);
             match tx.try_send(message) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => drops.add(&p.name),
-                Err(mpsc::error::TrySendError::Closed(_)) => return,
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    keepalive.abort();
+                    return;
+                }
             }
-        }
-        // The stream ended: the connection dropped. Messages published until
-        // we are subscribed again are lost (at-most-once).
-        outage.failed(
-            &"subscription connection closed",
-            "receiving (messages published meanwhile are lost)",
+        };
+        keepalive.abort();
+        // Messages published until we are subscribed again are lost
+        // (at-most-once).
+        warn!(
+            pipeline = %p.name,
+            reason = %end,
+            "pub/sub subscription lost: resubscribing (messages published meanwhile are lost)"
         );
+        metrics::counter!("sluice_pubsub_resubscribes_total", "pipeline" => p.name.clone())
+            .increment(1);
         if !outage.wait(&cancel).await {
             return;
+        }
+    }
+}
+
+/// How often the subscription connection is checked with a PING.
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(5);
+
+/// How long a PING may go unanswered before the link counts as dead. Also
+/// covers a server stalled that long, which is worth a new connection too.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a subscription ended.
+#[derive(Debug)]
+enum SessionEnd {
+    /// The connection closed (Redis restarted, CLIENT KILL, a reset).
+    Closed,
+    /// A PING got an error.
+    PingFailed(redis::RedisError),
+    /// A PING got no answer in time: a silent (half-open) link.
+    Unanswered,
+}
+
+impl std::fmt::Display for SessionEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionEnd::Closed => f.write_str("connection closed"),
+            SessionEnd::PingFailed(e) => write!(f, "PING failed: {e}"),
+            SessionEnd::Unanswered => write!(
+                f,
+                "PING unanswered for {} ms",
+                KEEPALIVE_TIMEOUT.as_millis()
+            ),
+        }
+    }
+}
+
+/// PINGs on the subscription connection every [`KEEPALIVE_EVERY`] until
+/// one fails or goes unanswered, and says why.
+async fn keepalive(mut sink: redis::aio::PubSubSink) -> SessionEnd {
+    loop {
+        tokio::time::sleep(KEEPALIVE_EVERY).await;
+        match tokio::time::timeout(KEEPALIVE_TIMEOUT, sink.ping::<redis::Value>()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if e.is_connection_dropped() || e.is_io_error() => {
+                return SessionEnd::Closed;
+            }
+            Ok(Err(e)) => return SessionEnd::PingFailed(e),
+            Err(_) => return SessionEnd::Unanswered,
         }
     }
 }

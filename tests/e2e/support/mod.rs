@@ -19,6 +19,7 @@
 //!   output (entry ids are Redis timestamps): the longest pause in a sink stream.
 //! - [`launch`]: `sluice run` with a compiled-plugin cache of the test's own, watching files,
 //!   or with `--redis`; waiting for log lines.
+//! - [`proxy`]: a TCP proxy that can turn the connections through it half-open.
 //! - [`logs`]: log lines, their `key=value` fields and timestamps.
 
 pub mod flow;
@@ -26,6 +27,7 @@ pub mod keys;
 pub mod launch;
 pub mod logs;
 pub mod pipeline;
+pub mod proxy;
 pub mod redis_server;
 pub mod sluice;
 pub mod streams;
