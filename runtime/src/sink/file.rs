@@ -5,7 +5,9 @@
 //! runtime), and with `fsync = true` also synced to the disk, before any of
 //! its records reports success. So a message is acked only once its lines
 //! are in the kernel: a `kill -9` right after the ack loses nothing, and
-//! with `fsync` neither does a power loss.
+//! with `fsync` neither does a power loss. With `fsync`, opening also syncs
+//! the folder of the file (and of each folder) it creates, since syncing a
+//! file does not make its name durable.
 //!
 //! A batch is all or nothing: if the append fails halfway (a full disk),
 //! the bytes it wrote are cut off again, so a retry does not leave half a
@@ -35,6 +37,7 @@ impl FileSink {
     /// Opens `path` for appending (creating it and its folder if missing);
     /// with `fsync`, every batch is synced to the disk before success.
     pub fn open(path: &Path, fsync: bool) -> anyhow::Result<Self> {
+        let created = missing(path);
         if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(folder)
                 .with_context(|| format!("cannot create folder {}", folder.display()))?;
@@ -44,6 +47,10 @@ impl FileSink {
             .append(true)
             .open(path)
             .with_context(|| format!("cannot open {} for appending", path.display()))?;
+        if fsync {
+            sync_created(&created)
+                .with_context(|| format!("cannot sync the folder entries of {}", path.display()))?;
+        }
         Ok(FileSink {
             file: Arc::new(Mutex::new(file)),
             path: path.to_path_buf(),
@@ -120,6 +127,36 @@ fn append(file: &mut File, buf: &[u8], fsync: bool) -> std::io::Result<()> {
     result
 }
 
+/// `path` and those of its folders that do not exist yet, outermost first:
+/// what opening it creates.
+fn missing(path: &Path) -> Vec<PathBuf> {
+    let mut missing: Vec<PathBuf> = path
+        .ancestors()
+        .filter(|p| !p.as_os_str().is_empty())
+        .take_while(|p| !p.exists())
+        .map(Path::to_path_buf)
+        .collect();
+    missing.reverse();
+    missing
+}
+
+/// Makes the creation of `created` (from [`missing`]) durable: syncing a
+/// file's data does not sync the folder entry that names it, so after a
+/// power loss a new file could be gone with everything acked into it. Syncs
+/// the folder holding each created entry. Returns the folders synced.
+fn sync_created(created: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
+    let mut synced = Vec::new();
+    for entry in created {
+        let folder = match entry.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        File::open(folder)?.sync_all()?;
+        synced.push(folder.to_path_buf());
+    }
+    Ok(synced)
+}
+
 /// A full disk or an exhausted quota heal without touching the pipeline:
 /// wait for them (backpressure) instead of failing message after message.
 fn is_outage(e: &std::io::Error) -> bool {
@@ -152,6 +189,37 @@ mod tests {
         let path = dir.path().join("a").join("b").join("out.jsonl");
         FileSink::open(&path, false).unwrap();
         assert!(path.is_file());
+    }
+
+    #[test]
+    fn fsync_syncs_the_folders_of_what_opening_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let path = root.join("a").join("b").join("out.jsonl");
+        let created = missing(&path);
+        assert_eq!(
+            created,
+            [root.join("a"), root.join("a").join("b"), path.clone()]
+        );
+        FileSink::open(&path, true).unwrap();
+        assert!(path.is_file());
+        assert_eq!(
+            sync_created(&created).unwrap(),
+            [root.clone(), root.join("a"), root.join("a").join("b")],
+            "each new entry's folder is synced"
+        );
+        assert_eq!(missing(&path), Vec::<PathBuf>::new(), "nothing new to sync");
+
+        let next = root.join("a").join("next.jsonl");
+        assert_eq!(
+            sync_created(&missing(&next)).unwrap(),
+            [root.join("a")],
+            "a new file in an existing folder syncs that folder"
+        );
+        assert!(
+            sync_created(&[root.join("gone").join("x")]).is_err(),
+            "a folder that cannot be synced is an error, not ignored"
+        );
     }
 
     #[test]
