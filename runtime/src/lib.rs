@@ -13,6 +13,7 @@
 //! sink        where records go (pipelined writes), routing by `to`
 //! ack         delivery status per message decides ack, retry or dead letter
 //! atomic      `atomic = true`: output, dead letters and XACK in one script
+//! backlog     what a group left behind by an edit still holds (pending, lag)
 //! message     the message model shared by all of the above
 //! conn        Redis connections with timeouts that fit their use
 //! embedded    `--redis embedded`: a private redis-server
@@ -33,6 +34,7 @@
 
 pub mod ack;
 pub mod atomic;
+pub mod backlog;
 pub mod config;
 pub mod conn;
 pub mod dlq;

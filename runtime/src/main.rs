@@ -52,6 +52,11 @@ enum Command {
         /// Pipeline files, or folders of them (*.toml).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Also check stream pipelines against this Redis (files that name
+        /// their own use that): warn when a group does not exist yet and
+        /// its start would skip entries or other groups hold a backlog.
+        #[arg(long, value_name = "URL")]
+        redis: Option<String>,
     },
     /// Show every consumer group on a Redis: lag, pending, oldest pending
     /// entry, consumers and their idle time, dead letters.
@@ -173,7 +178,7 @@ fn main() -> ExitCode {
                 no_watch,
                 http,
             } => run(paths, redis, !no_watch, http).await,
-            Command::Validate { paths } => validate(paths).await,
+            Command::Validate { paths, redis } => validate(paths, redis).await,
             Command::Dlq { action, redis } => dlq(action, redis).await,
             Command::Status { redis } => status(redis).await,
             Command::Plugin {
@@ -282,7 +287,7 @@ async fn on_signal(cancel: CancellationToken) {
     std::process::exit(130);
 }
 
-async fn validate(paths: Vec<PathBuf>) -> Result<ExitCode> {
+async fn validate(paths: Vec<PathBuf>, redis: Option<String>) -> Result<ExitCode> {
     let engine = Engine::new(sluice::plugin::default_cache_dir())?;
     let files = sluice::config::pipeline_files(&paths)?;
     if files.is_empty() {
@@ -299,6 +304,14 @@ async fn validate(paths: Vec<PathBuf>) -> Result<ExitCode> {
         tokio::task::spawn_blocking(move || supervisor::load_all(&files, &engine)).await?;
     for p in &valid {
         println!("ok: {} ({})", p.file.display(), p.name);
+        if let Some(url) = &redis {
+            let warnings = sluice::backlog::check_new_groups(p, url)
+                .await
+                .unwrap_or_else(|e| vec![format!("{e:#}")]);
+            for w in warnings {
+                eprintln!("warning: {} ({}): {w}", p.file.display(), p.name);
+            }
+        }
     }
     for e in &errors {
         eprintln!("error: {e}");

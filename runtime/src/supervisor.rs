@@ -9,10 +9,14 @@
 //!   the old one and starts the new;
 //! - an invalid edit is reported and the last good version keeps running;
 //! - a changed plugin file is compiled off the async threads, initialised,
-//!   and swapped in between batches ([`crate::plugin::Stage::swap`]).
+//!   and swapped in between batches ([`crate::plugin::Stage::swap`]);
+//! - a change that moves a stream pipeline to another group (its `group`,
+//!   `stream`, name or Redis) warns with the backlog the old group keeps
+//!   and nobody reads any more ([`crate::backlog`]).
 //!
 //! Other pipelines never pause for any of this.
 
+use crate::backlog;
 use crate::config::{self, ConfigError, Pipeline};
 use crate::pipeline::{self, Context};
 use crate::plugin::{Engine, Stage, Version};
@@ -266,8 +270,12 @@ impl Supervisor {
             }
         };
         let old = self.running.remove(&file).expect("present");
+        let left = backlog::left_behind(&old.pipeline, &pipeline, &self.ctx.default_url);
         info!(pipeline = %name, "pipeline file changed: draining the running version");
         old.drain().await;
+        for g in &left {
+            warn_left_behind(&name, &pipeline, g).await;
+        }
         self.running.insert(file, spawn(built, pipeline));
         info!(pipeline = %name, ms = started.elapsed().as_millis() as u64, "pipeline restarted with the new config");
         metrics::counter!("sluice_pipeline_reloads_total", "result" => "restarted").increment(1);
@@ -294,6 +302,36 @@ impl Supervisor {
                 }
             }
         }
+    }
+}
+
+/// Warns that the edit of `pipeline` leaves group `g` behind, with the
+/// backlog nobody will read (see [`backlog`]).
+async fn warn_left_behind(name: &str, pipeline: &Pipeline, g: &backlog::GroupRef) {
+    let group = (pipeline.source.kind == config::SourceType::Stream).then(|| pipeline.group());
+    match backlog::describe(g).await {
+        Ok(Some(b)) => warn!(
+            pipeline = %name,
+            stream = %g.stream,
+            old_group = %g.group,
+            group = %group.unwrap_or("none"),
+            pending = b.pending,
+            lag = %backlog::lag_text(b.lag),
+            start = %pipeline.source.start,
+            "the edit leaves the old consumer group behind: nothing reads it any more, its pending entries are never retried and its lag is never read (the new group starts at `start`); to keep them, restore the old group, or process them with `sluice pending`"
+        ),
+        Ok(None) => info!(
+            pipeline = %name,
+            stream = %g.stream,
+            old_group = %g.group,
+            "the edit moves the pipeline off this group, which no longer exists"
+        ),
+        Err(e) => warn!(
+            pipeline = %name,
+            stream = %g.stream,
+            old_group = %g.group,
+            "the edit leaves the old consumer group behind, and its backlog could not be read: {e:#}"
+        ),
     }
 }
 

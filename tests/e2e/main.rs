@@ -12,6 +12,7 @@
 //!   backlog, transient write refusals, trimmed pending entries, dead consumers, fan-out
 //!   children, a slow plugin compile.
 //! - `dlq_replay`: `sluice dlq replay` back onto a list, a channel or a stream.
+//! - `group_change`: an edit that changes the consumer group warns about the backlog left.
 //! - `list_recovery`: list sources through crashes, failed settles and take-overs.
 //! - `pubsub_keepalive`: a silent or killed subscription is noticed and renewed.
 //! - `reload`: plugin swaps and pipeline file edits while messages flow; the compile cache.
@@ -28,6 +29,7 @@ mod support;
 
 mod delivery;
 mod dlq_replay;
+mod group_change;
 mod guarantees;
 mod holes;
 mod list_recovery;
