@@ -8,7 +8,7 @@
 //!   XADD to the dead-letter stream, then XACK.
 
 use crate::conn::Outage;
-use crate::message::{Failure, FailureClass, FailureKind, Message, Outcome, Record};
+use crate::message::{Failure, FailureClass, FailureKind, Field, Message, Outcome, Record};
 use crate::sink::{Sink, SinkError, Sinks};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -129,6 +129,8 @@ pub async fn deliver(
                     *i,
                     if why.dead_letter {
                         Failure::dead_letter(FailureClass::Sink, reason)
+                    } else if why.unrepresentable {
+                        Failure::dead_letter(FailureClass::Encoding, reason)
                     } else {
                         Failure::retry(FailureClass::Sink, reason)
                     },
@@ -214,24 +216,19 @@ pub fn dead_letter_fields(
     failure: &Failure,
     group: &str,
     pipeline: &str,
-) -> Vec<(String, Vec<u8>)> {
-    let mut fields: Vec<(String, Vec<u8>)> = vec![
-        ("sluice.stream".into(), msg.source.as_bytes().to_vec()),
-        ("sluice.id".into(), msg.id.as_bytes().to_vec()),
-        ("sluice.group".into(), group.as_bytes().to_vec()),
-        ("sluice.pipeline".into(), pipeline.as_bytes().to_vec()),
-        (
-            "sluice.deliveries".into(),
-            msg.deliveries.to_string().into_bytes(),
-        ),
-        (
-            "sluice.error_class".into(),
-            failure.class.as_str().as_bytes().to_vec(),
-        ),
-        ("sluice.error".into(), failure.reason.as_bytes().to_vec()),
+) -> Vec<Field> {
+    let meta = |name: &str, value: &[u8]| (name.as_bytes().to_vec(), value.to_vec());
+    let mut fields: Vec<Field> = vec![
+        meta("sluice.stream", msg.source.as_bytes()),
+        meta("sluice.id", msg.id.as_bytes()),
+        meta("sluice.group", group.as_bytes()),
+        meta("sluice.pipeline", pipeline.as_bytes()),
+        meta("sluice.deliveries", msg.deliveries.to_string().as_bytes()),
+        meta("sluice.error_class", failure.class.as_str().as_bytes()),
+        meta("sluice.error", failure.reason.as_bytes()),
     ];
     if let Some(hash) = &failure.plugin {
-        fields.push(("sluice.plugin".into(), hash.as_bytes().to_vec()));
+        fields.push(meta("sluice.plugin", hash.as_bytes()));
     }
     fields.extend(msg.fields.iter().cloned());
     fields
@@ -245,9 +242,9 @@ pub const SOURCE_TYPE_FIELD: &str = "sluice.source_type";
 /// Adds [`SOURCE_TYPE_FIELD`] to the fields of [`dead_letter_fields`], next
 /// to `sluice.stream`, which names the list or channel for those sources.
 pub fn with_source_type(
-    mut fields: Vec<(String, Vec<u8>)>,
+    mut fields: Vec<crate::message::Field>,
     kind: crate::config::SourceType,
-) -> Vec<(String, Vec<u8>)> {
+) -> Vec<crate::message::Field> {
     use crate::config::SourceType;
     let kind = match kind {
         SourceType::Stream => "stream",
@@ -270,7 +267,7 @@ mod tests {
         Message {
             id: "1-0".into(),
             source: Arc::from("s"),
-            fields: vec![("a".into(), b"1".to_vec())],
+            fields: vec![(b"a".to_vec(), b"1".to_vec())],
             deliveries,
             first_delivery_ms: 1,
         }
@@ -300,16 +297,16 @@ mod tests {
             ..Failure::retry(FailureClass::Trap, "x")
         };
         let fields = dead_letter_fields(&msg(2), &f, "g", "p");
-        assert_eq!(fields.last().unwrap(), &("a".to_string(), b"1".to_vec()));
+        assert_eq!(fields.last().unwrap(), &(b"a".to_vec(), b"1".to_vec()));
         assert!(
             fields
                 .iter()
-                .any(|(k, v)| k == "sluice.plugin" && v == b"abc")
+                .any(|(k, v)| k == b"sluice.plugin" && v == b"abc")
         );
         assert!(
             fields
                 .iter()
-                .filter(|(k, _)| !k.starts_with(DEAD_LETTER_PREFIX))
+                .filter(|(k, _)| !k.starts_with(DEAD_LETTER_PREFIX.as_bytes()))
                 .count()
                 == 1
         );

@@ -5,7 +5,7 @@
 //! so a replay restores the message exactly as it was first written.
 
 use crate::ack::DEAD_LETTER_PREFIX;
-use crate::message::{Field, Message};
+use crate::message::{Field, Message, escape};
 use crate::source::stream::parse_range;
 use anyhow::{Context, Result};
 use redis::aio::MultiplexedConnection;
@@ -40,7 +40,12 @@ pub async fn list(
             meta("error")
         )?;
         for (name, value) in original_fields(entry) {
-            writeln!(out, "    {name} = {}", String::from_utf8_lossy(value))?;
+            writeln!(
+                out,
+                "    {} = {}",
+                escape(name),
+                String::from_utf8_lossy(value)
+            )?;
         }
     }
     Ok(entries.len())
@@ -114,7 +119,7 @@ pub async fn replay(
                 Kind::Stream => {
                     let cmd = pipe.cmd("XADD").arg(&target).arg("*");
                     for (name, value) in fields {
-                        cmd.arg(name.as_str()).arg(value.as_slice());
+                        cmd.arg(name.as_slice()).arg(value.as_slice());
                     }
                 }
                 Kind::List => {
@@ -227,7 +232,7 @@ fn payload<'a>(entry: &Message, fields: &[&'a Field]) -> Result<&'a [u8]> {
     fields
         .iter()
         .copied()
-        .find(|field| field.0 == "payload")
+        .find(|field| field.0 == b"payload")
         .map(|field| field.1.as_slice())
         .with_context(|| {
             format!(
@@ -272,7 +277,7 @@ fn meta(entry: &Message, name: &str) -> String {
     entry
         .fields
         .iter()
-        .find(|(k, _)| k.strip_prefix(DEAD_LETTER_PREFIX) == Some(name))
+        .find(|(k, _)| k.strip_prefix(DEAD_LETTER_PREFIX.as_bytes()) == Some(name.as_bytes()))
         .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
         .unwrap_or_default()
 }
@@ -282,6 +287,6 @@ fn original_fields(entry: &Message) -> Vec<&Field> {
     entry
         .fields
         .iter()
-        .filter(|(k, _)| !k.starts_with(DEAD_LETTER_PREFIX))
+        .filter(|(k, _)| !k.starts_with(DEAD_LETTER_PREFIX.as_bytes()))
         .collect()
 }

@@ -359,7 +359,7 @@ async fn plugin_test(
         None => vec![
             field
                 .into_iter()
-                .map(|(k, v)| (k, v.into_bytes()))
+                .map(|(k, v)| (k.into_bytes(), v.into_bytes()))
                 .collect(),
         ],
     };

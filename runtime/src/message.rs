@@ -6,8 +6,11 @@
 use std::fmt;
 use std::sync::Arc;
 
-/// One (name, value) pair. Values are bytes: Redis values are binary-safe.
-pub type Field = (String, Vec<u8>);
+/// One (name, value) pair. Both are bytes: Redis field names and values
+/// are binary-safe, and whatever passes through Sluice comes out byte for
+/// byte, or fails loudly where it cannot (a plugin's field names are WIT
+/// strings; a JSON line's names are JSON strings).
+pub type Field = (Vec<u8>, Vec<u8>);
 
 /// A message read from a source.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +78,10 @@ pub enum FailureClass {
     /// Pending, but its entry is no longer in the stream (trimmed by
     /// MAXLEN, or deleted) before it was settled: its data is gone.
     Trimmed,
+    /// The message cannot be represented where it has to go without
+    /// altering it (a field name that is not UTF-8, for a plugin). Retrying
+    /// cannot help, so it is dead-lettered with its bytes intact.
+    Encoding,
 }
 
 impl FailureClass {
@@ -89,6 +96,7 @@ impl FailureClass {
             FailureClass::Sink => "sink",
             FailureClass::Unsettled => "unsettled",
             FailureClass::Trimmed => "trimmed",
+            FailureClass::Encoding => "encoding",
         }
     }
 }
@@ -135,10 +143,37 @@ impl fmt::Display for Failure {
 /// The result of processing one message.
 pub type Outcome = Result<Vec<Record>, Failure>;
 
+/// `bytes` as text for logs and error messages: UTF-8 as it is (control
+/// characters and quotes escaped), any other byte as `\xNN`, so a name that
+/// is not UTF-8 is shown unambiguously instead of as replacement characters.
+pub fn escape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.extend(chunk.valid().chars().flat_map(char::escape_debug));
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
 /// The millisecond timestamp in a stream entry id (`<ms>-<seq>`).
 pub fn stream_id_ms(id: &str) -> u64 {
     id.split('-')
         .next()
         .and_then(|ms| ms.parse().ok())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_shows_invalid_bytes_as_hex_and_keeps_utf8() {
+        assert_eq!(escape("café".as_bytes()), "café");
+        assert_eq!(escape(b"a\xffb\x80"), "a\\xffb\\x80");
+        assert_eq!(escape(b"q\"\n\0"), "q\\\"\\n\\0");
+        assert_eq!(escape(b""), "");
+    }
 }

@@ -37,7 +37,7 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Vec<Field>>> {
                         serde_json::Value::String(s) => s,
                         other => other.to_string(),
                     };
-                    (k, text.into_bytes())
+                    (k.into_bytes(), text.into_bytes())
                 })
                 .collect(),
         );
@@ -95,7 +95,7 @@ fn print(msg: &Message, outcome: Outcome, out: &mut impl Write) -> Result<bool> 
             writeln!(out, "{}: {} record(s)", msg.id, records.len())?;
             for record in &records {
                 let mut line = Vec::new();
-                crate::sink::json_line(&mut line, record);
+                crate::sink::json_line(&mut line, record).map_err(anyhow::Error::msg)?;
                 write!(
                     out,
                     "  -> {}: ",

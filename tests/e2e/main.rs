@@ -4,6 +4,8 @@
 //! Run with `cargo test -p sluice --test e2e`. Each test owns its Redis on a free port, so
 //! tests run in parallel; `support` explains the harness.
 //!
+//! - `bytes`: every byte value in names and values, empty ones and MiB-sized ones come out
+//!   byte for byte, or are dead-lettered with the reason where they cannot.
 //! - `delivery`: what reaches the sink and what is acked.
 //! - `sinks`: pubsub, list, file and stdout sinks, `id_field`, routing by `to` and `route = "all"`.
 //! - `guarantees`: the delivery promises under crashes, outages, poison and runaway plugins.
@@ -27,6 +29,7 @@
 )]
 mod support;
 
+mod bytes;
 mod delivery;
 mod dlq_replay;
 mod group_change;

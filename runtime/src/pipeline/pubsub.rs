@@ -228,28 +228,29 @@ static SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
 /// A pub/sub message as a Sluice message: fields `payload` and `channel`
 /// (and `pattern` when it matched a pattern), with a synthetic id
-/// `<ms>-<pid>.<n>` that is unique across processes.
+/// `<ms>-<pid>.<n>` that is unique across processes. Channel names are
+/// binary-safe: the fields carry their exact bytes (`source`, a string, is
+/// for logs and shows invalid UTF-8 as replacement characters).
 fn to_message(msg: &redis::Msg) -> Message {
     let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     let n = SEQUENCE.fetch_add(1, Ordering::Relaxed);
+    let channel: Vec<u8> = msg.get_channel().unwrap_or_default();
+    let source = String::from_utf8_lossy(&channel).into();
     let mut fields = vec![
-        ("payload".to_string(), msg.get_payload_bytes().to_vec()),
-        (
-            "channel".to_string(),
-            msg.get_channel_name().as_bytes().to_vec(),
-        ),
+        (b"payload".to_vec(), msg.get_payload_bytes().to_vec()),
+        (b"channel".to_vec(), channel),
     ];
     if msg.from_pattern()
-        && let Ok(pattern) = msg.get_pattern::<String>()
+        && let Ok(pattern) = msg.get_pattern::<Vec<u8>>()
     {
-        fields.push(("pattern".to_string(), pattern.into_bytes()));
+        fields.push((b"pattern".to_vec(), pattern));
     }
     Message {
         id: format!("{ms}-{}.{n}", std::process::id()),
-        source: msg.get_channel_name().into(),
+        source,
         fields,
         deliveries: 1,
         first_delivery_ms: ms,

@@ -4,7 +4,7 @@
 use super::bindings::sluice::processor::types as wit;
 use super::host::Host;
 use super::{EPOCH_TICK, Plugin, bindings};
-use crate::message::{Failure, FailureClass, FailureKind, Message, Outcome, Record};
+use crate::message::{Failure, FailureClass, FailureKind, Message, Outcome, Record, escape};
 use arc_swap::ArcSwap;
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -166,22 +166,31 @@ struct Slot {
 impl Slot {
     /// Processes `msgs` with `version` (pinned for the whole batch, so a swap
     /// never splits one), one outcome each. If the batch call traps, each
-    /// message is tried alone so that only the culprit fails.
+    /// message is tried alone so that only the culprit fails. A message the
+    /// plugin cannot be given unaltered (see [`field_params`]) fails as a
+    /// dead letter without a call.
     fn call(&mut self, version: &Arc<Version>, msgs: &[Message]) -> Vec<Outcome> {
         if msgs.is_empty() {
             return Vec::new();
         }
-        let mut outcomes = match self.call_batch(version, msgs) {
+        let fields = field_params(msgs);
+        let batch: Vec<wit::Message<'_>> = msgs
+            .iter()
+            .zip(&fields)
+            .filter_map(|(m, f)| f.as_deref().ok().map(|f| to_wit(m, f)))
+            .collect();
+        let mut outcomes = match self.call_batch(version, &batch) {
             Ok(outcomes) => outcomes,
-            Err(failure) if msgs.len() == 1 => vec![Err(failure)],
+            Err(failure) if batch.len() == 1 => vec![Err(failure)],
             Err(failure) => {
                 tracing::warn!(
                     pipeline = %version.settings.pipeline,
                     plugin = %version.plugin.path.display(),
-                    batch = msgs.len(),
+                    batch = batch.len(),
                     "{failure}; retrying the batch's messages one by one to find the culprit"
                 );
-                msgs.iter()
+                batch
+                    .iter()
                     .map(
                         |m| match self.call_batch(version, std::slice::from_ref(m)) {
                             Ok(mut one) => one.pop().unwrap_or_else(|| Ok(Vec::new())),
@@ -195,14 +204,24 @@ impl Slot {
         for failure in outcomes.iter_mut().filter_map(|o| o.as_mut().err()) {
             failure.plugin.get_or_insert_with(|| hash.clone());
         }
-        outcomes
+        let mut called = outcomes.into_iter();
+        fields
+            .into_iter()
+            .map(|f| match f {
+                Ok(_) => called.next().expect("one outcome per message called"),
+                Err(refused) => Err(refused),
+            })
+            .collect()
     }
 
     fn call_batch(
         &mut self,
         version: &Arc<Version>,
-        msgs: &[Message],
+        batch: &[wit::Message<'_>],
     ) -> Result<Vec<Outcome>, Failure> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
         if self
             .instance
             .as_ref()
@@ -214,17 +233,11 @@ impl Slot {
         }
         let inst = self.instance.as_mut().expect("instance set above");
         let settings = &version.settings;
-        let fields = field_params(msgs);
-        let batch: Vec<wit::Message<'_>> = msgs
-            .iter()
-            .zip(&fields)
-            .map(|(m, f)| to_wit(m, f))
-            .collect();
         inst.store
             .set_epoch_deadline(deadline_ticks(settings.timeout));
         let _ticking = version.plugin.ticker.running();
-        match inst.bindings.call_process(&mut inst.store, &batch) {
-            Ok(outcomes) if outcomes.len() == msgs.len() => {
+        match inst.bindings.call_process(&mut inst.store, batch) {
+            Ok(outcomes) if outcomes.len() == batch.len() => {
                 Ok(outcomes.into_iter().map(from_wit).collect())
             }
             Ok(outcomes) => Err(Failure::retry(
@@ -232,7 +245,7 @@ impl Slot {
                 format!(
                     "process returned {} outcomes for {} messages",
                     outcomes.len(),
-                    msgs.len()
+                    batch.len()
                 ),
             )),
             Err(e) => {
@@ -343,13 +356,28 @@ impl Chain {
 }
 
 /// Borrowed views of a batch for lowering into the guest: the one copy of
-/// the data is the copy into guest memory.
-fn field_params(msgs: &[Message]) -> Vec<Vec<wit::FieldParam<'_>>> {
+/// the data is the copy into guest memory. A field name is a string in the
+/// WIT, so a message with a name that is not UTF-8 cannot be lowered without
+/// altering it: it gets a dead-letter failure naming the field instead
+/// (retrying cannot help; the dead letter keeps the original bytes).
+fn field_params(msgs: &[Message]) -> Vec<Result<Vec<wit::FieldParam<'_>>, Failure>> {
     msgs.iter()
         .map(|m| {
             m.fields
                 .iter()
-                .map(|(name, value)| wit::FieldParam { name, value })
+                .map(|(name, value)| match std::str::from_utf8(name) {
+                    Ok(name) => Ok(wit::FieldParam { name, value }),
+                    Err(_) => Err(Failure {
+                        kind: FailureKind::DeadLetter,
+                        ..Failure::retry(
+                            FailureClass::Encoding,
+                            format!(
+                                "field name \"{}\" is not UTF-8: a plugin cannot be given it unaltered (field names are WIT strings)",
+                                escape(name)
+                            ),
+                        )
+                    }),
+                })
                 .collect()
         })
         .collect()
@@ -370,7 +398,11 @@ fn from_wit(outcome: Result<Vec<wit::Output>, wit::Failure>) -> Outcome {
         Ok(records) => Ok(records
             .into_iter()
             .map(|r| Record {
-                fields: r.fields.into_iter().map(|f| (f.name, f.value)).collect(),
+                fields: r
+                    .fields
+                    .into_iter()
+                    .map(|f| (f.name.into_bytes(), f.value))
+                    .collect(),
                 to: r.to,
             })
             .collect()),

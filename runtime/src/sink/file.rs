@@ -64,11 +64,12 @@ impl FileSink {
     }
 
     /// Appends `records` as JSON lines in one write, flushed (and synced
-    /// with `fsync`) before returning. Every record gets the batch's result.
+    /// with `fsync`) before returning. Every record gets the batch's result,
+    /// except records refused before writing (see [`super::json`]).
     pub async fn write(&self, records: &[&Record]) -> Vec<Result<(), SinkError>> {
-        let mut buf = Vec::new();
-        for record in records {
-            super::json_line(&mut buf, record);
+        let (buf, encoded) = super::json::json_lines(records);
+        if buf.is_empty() {
+            return encoded;
         }
         let (file, fsync) = (self.file.clone(), self.fsync);
         let appended = tokio::task::spawn_blocking(move || {
@@ -82,15 +83,17 @@ impl FileSink {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(SinkError {
                 outage: is_outage(&e),
-                dead_letter: false,
-                message: format!("append to {}: {e}", self.path.display()),
+                ..SinkError::refused(format!("append to {}: {e}", self.path.display()))
             }),
             Err(e) => Err(SinkError::refused(format!(
                 "append to {}: {e}",
                 self.path.display()
             ))),
         };
-        vec![result; records.len()]
+        encoded
+            .into_iter()
+            .map(|e| e.and_then(|()| result.clone()))
+            .collect()
     }
 }
 

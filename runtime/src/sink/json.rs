@@ -6,14 +6,30 @@
 //! alphabet, padded), so binary data survives the trip without being
 //! mangled into replacement characters. A field name repeated in the record
 //! is repeated in the object (most JSON readers keep the last).
+//!
+//! Names have no such escape hatch: a JSON object's names are strings. A
+//! record with a name that is not UTF-8 is refused (its message is
+//! dead-lettered, bytes intact) rather than written with the name altered.
 
-use crate::message::Record;
+use super::SinkError;
+use crate::message::{Record, escape};
 use base64::Engine as _;
 
-/// Appends `record` to `out` as one JSON object followed by `\n`.
-pub fn json_line(out: &mut Vec<u8>, record: &Record) {
+/// Appends `record` to `out` as one JSON object followed by `\n`. A record
+/// with a field name that is not UTF-8 is refused, naming the field
+/// (escaped), and `out` is left as it was.
+pub fn json_line(out: &mut Vec<u8>, record: &Record) -> Result<(), String> {
+    let mut names = Vec::with_capacity(record.fields.len());
+    for (name, _) in &record.fields {
+        names.push(std::str::from_utf8(name).map_err(|_| {
+            format!(
+                "field name \"{}\" is not UTF-8: a JSON line cannot carry it unaltered",
+                escape(name)
+            )
+        })?);
+    }
     out.push(b'{');
-    for (i, (name, value)) in record.fields.iter().enumerate() {
+    for (i, (name, (_, value))) in names.into_iter().zip(&record.fields).enumerate() {
         if i > 0 {
             out.push(b',');
         }
@@ -33,6 +49,18 @@ pub fn json_line(out: &mut Vec<u8>, record: &Record) {
         }
     }
     out.extend_from_slice(b"}\n");
+    Ok(())
+}
+
+/// The JSON lines of `records`, and per record whether it was encoded: the
+/// stdout and file sinks write the buffer, and a refused record fails alone.
+pub(super) fn json_lines(records: &[&Record]) -> (Vec<u8>, Vec<Result<(), SinkError>>) {
+    let mut buf = Vec::new();
+    let encoded = records
+        .iter()
+        .map(|r| json_line(&mut buf, r).map_err(SinkError::unrepresentable))
+        .collect();
+    (buf, encoded)
 }
 
 /// Appends `text` as a JSON string, escaped.
@@ -48,12 +76,12 @@ mod tests {
         let record = Record {
             fields: fields
                 .iter()
-                .map(|(n, v)| (n.to_string(), v.to_vec()))
+                .map(|(n, v)| (n.as_bytes().to_vec(), v.to_vec()))
                 .collect(),
             to: Some("ignored".into()),
         };
         let mut out = Vec::new();
-        json_line(&mut out, &record);
+        json_line(&mut out, &record).unwrap();
         String::from_utf8(out).unwrap()
     }
 
@@ -82,5 +110,34 @@ mod tests {
     #[test]
     fn no_fields_is_an_empty_object() {
         assert_eq!(line(&[]), "{}\n");
+    }
+
+    #[test]
+    fn every_byte_value_round_trips() {
+        let all: Vec<u8> = (0..=255).collect();
+        let text = line(&[("all", &all), ("", b""), ("utf8", "caf\u{e9}\0".as_bytes())]);
+        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let encoded = parsed["all"]["base64"].as_str().unwrap();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .unwrap();
+        assert_eq!(decoded, all);
+        assert_eq!(parsed[""], "");
+        assert_eq!(parsed["utf8"], "caf\u{e9}\0");
+    }
+
+    #[test]
+    fn a_name_that_is_not_utf8_is_refused_and_nothing_written() {
+        let record = Record {
+            fields: vec![
+                (b"ok".to_vec(), b"1".to_vec()),
+                (b"bad\xff".to_vec(), b"2".to_vec()),
+            ],
+            to: None,
+        };
+        let mut out = b"before\n".to_vec();
+        let why = json_line(&mut out, &record).unwrap_err();
+        assert!(why.contains(r#""bad\xff""#), "{why}");
+        assert_eq!(out, b"before\n");
     }
 }

@@ -112,6 +112,10 @@ pub struct SinkError {
     /// Retrying cannot help (e.g. an `id_field` id below the stream's top
     /// that the stream does not hold): dead-letter the message at once.
     pub dead_letter: bool,
+    /// The record cannot be written without altering it (a field name that
+    /// a JSON line cannot carry): no retry can help, so its message is
+    /// dead-lettered at once, with its bytes intact.
+    pub unrepresentable: bool,
     /// What happened.
     pub message: String,
 }
@@ -122,7 +126,16 @@ impl SinkError {
         SinkError {
             outage: false,
             dead_letter: false,
+            unrepresentable: false,
             message: message.into(),
+        }
+    }
+
+    /// The record cannot be written faithfully by this sink.
+    pub fn unrepresentable(message: impl Into<String>) -> Self {
+        SinkError {
+            unrepresentable: true,
+            ..SinkError::refused(message)
         }
     }
 
@@ -131,6 +144,7 @@ impl SinkError {
         SinkError {
             outage: crate::conn::is_outage(e),
             dead_letter: false,
+            unrepresentable: false,
             message: format!("write to {key}: {e}"),
         }
     }
@@ -141,7 +155,7 @@ fn field<'a>(record: &'a Record, name: &str) -> Option<&'a [u8]> {
     record
         .fields
         .iter()
-        .find(|(n, _)| n == name)
+        .find(|(n, _)| n == name.as_bytes())
         .map(|(_, v)| v.as_slice())
 }
 

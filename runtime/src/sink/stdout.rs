@@ -16,11 +16,12 @@ pub struct StdoutSink;
 impl StdoutSink {
     /// Writes `records` as JSON lines and flushes. The write runs on a
     /// blocking thread: a slow reader of the pipe must not stall the async
-    /// runtime. Either every record of the batch succeeds or none does.
+    /// runtime. Either every record of the batch succeeds or none does,
+    /// except records refused before writing (see [`super::json`]).
     pub async fn write(&self, records: &[&Record]) -> Vec<Result<(), SinkError>> {
-        let mut buf = Vec::new();
-        for record in records {
-            super::json_line(&mut buf, record);
+        let (buf, encoded) = super::json::json_lines(records);
+        if buf.is_empty() {
+            return encoded;
         }
         let written = tokio::task::spawn_blocking(move || {
             let mut out = std::io::stdout().lock();
@@ -33,6 +34,9 @@ impl StdoutSink {
             Ok(Err(e)) => Err(SinkError::refused(format!("write to stdout: {e}"))),
             Err(e) => Err(SinkError::refused(format!("write to stdout: {e}"))),
         };
-        vec![result; records.len()]
+        encoded
+            .into_iter()
+            .map(|e| e.and_then(|()| result.clone()))
+            .collect()
     }
 }

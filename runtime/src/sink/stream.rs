@@ -142,7 +142,7 @@ fn entry<'a>(
     let fields = record
         .fields
         .iter()
-        .filter(move |(n, _)| Some(n.as_str()) != id_field);
+        .filter(move |(n, _)| Some(n.as_slice()) != id_field.map(str::as_bytes));
     if fields.clone().next().is_none() {
         return Err(SinkError::refused(
             "a record with no fields cannot be written to a stream",
@@ -159,14 +159,14 @@ mod tests {
         Record {
             fields: fields
                 .iter()
-                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
                 .collect(),
             to: None,
         }
     }
 
-    fn names<'a>(fields: impl Iterator<Item = &'a Field>) -> Vec<&'a str> {
-        fields.map(|(n, _)| n.as_str()).collect()
+    fn names<'a>(fields: impl Iterator<Item = &'a Field>) -> Vec<&'a [u8]> {
+        fields.map(|(n, _)| n.as_slice()).collect()
     }
 
     #[test]
@@ -174,7 +174,7 @@ mod tests {
         let r = record(&[("id", "5-1"), ("a", "1")]);
         let (id, fields) = entry(&r, None).unwrap();
         assert_eq!(id, b"*");
-        assert_eq!(names(fields), ["id", "a"]);
+        assert_eq!(names(fields), [b"id".as_slice(), b"a"]);
     }
 
     #[test]
@@ -182,7 +182,7 @@ mod tests {
         let r = record(&[("a", "1"), ("src_id", "5-1"), ("b", "2")]);
         let (id, fields) = entry(&r, Some("src_id")).unwrap();
         assert_eq!(id, b"5-1");
-        assert_eq!(names(fields), ["a", "b"]);
+        assert_eq!(names(fields), [b"a".as_slice(), b"b"]);
     }
 
     #[test]

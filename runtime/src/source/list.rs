@@ -146,7 +146,7 @@ pub fn to_messages(items: Vec<Vec<u8>>, counts: Vec<Option<u32>>, list: &Arc<str
                 SEQUENCE.fetch_add(1, Ordering::Relaxed)
             ),
             source: list.clone(),
-            fields: vec![("payload".to_string(), item)],
+            fields: vec![(b"payload".to_vec(), item)],
             deliveries: 1 + redelivered.unwrap_or(0),
             first_delivery_ms: ms,
         })

@@ -225,7 +225,7 @@ fn parse_entry(entry: Value, stream: &Arc<str>) -> Entry {
     let mut fields = Vec::with_capacity(flat.len() / 2);
     let mut it = flat.into_iter();
     while let (Some(name), Some(value)) = (it.next(), it.next()) {
-        let (Some(name), Some(value)) = (text(name), bytes(value)) else {
+        let (Some(name), Some(value)) = (bytes(name), bytes(value)) else {
             continue;
         };
         fields.push((name, value));
@@ -512,7 +512,10 @@ mod tests {
         );
         assert_eq!(
             m.fields,
-            vec![("a".into(), b"1".to_vec()), ("b".into(), b"2".to_vec())]
+            vec![
+                (b"a".to_vec(), b"1".to_vec()),
+                (b"b".to_vec(), b"2".to_vec())
+            ]
         );
         assert_eq!(batch.deleted, vec!["6-0".to_string()]);
     }
