@@ -3,6 +3,9 @@
 //! Tests run in parallel threads and each one owns its server, so no test can see another's
 //! keys and no test depends on a Redis the developer happens to have running. The server is
 //! started on a free port and killed when the value is dropped.
+//!
+//! `SLUICE_TEST_REDIS_SERVER` names another `redis-server` binary to run instead of the one on
+//! PATH, to run the same tests against another Redis version (`scripts/test-redis-6.2`).
 
 use std::fs;
 use std::io::ErrorKind;
@@ -14,6 +17,9 @@ use tempfile::TempDir;
 
 /// How long a freshly spawned server gets to answer PING.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The environment variable naming the `redis-server` binary; default: the one on PATH.
+const SERVER_ENV: &str = "SLUICE_TEST_REDIS_SERVER";
 
 /// How many free ports to try: another test can take the port between our probe and the
 /// server's bind, so one attempt is not enough.
@@ -201,7 +207,8 @@ impl RedisServer {
     }
 
     fn spawn(&self, port: u16) -> Child {
-        let mut command = Command::new("redis-server");
+        let binary = std::env::var_os(SERVER_ENV).unwrap_or_else(|| "redis-server".into());
+        let mut command = Command::new(&binary);
         command
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--daemonize", "no"])
@@ -219,10 +226,12 @@ impl RedisServer {
         }
         match command.spawn() {
             Ok(child) => child,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                panic!("redis-server is not on PATH: install Redis 7 or later to run these tests")
-            }
-            Err(e) => panic!("spawn redis-server: {e}"),
+            Err(e) if e.kind() == ErrorKind::NotFound => panic!(
+                "{} not found: install Redis 7 or later to run these tests, or name a \
+                 redis-server binary in {SERVER_ENV}",
+                binary.to_string_lossy()
+            ),
+            Err(e) => panic!("spawn {}: {e}", binary.to_string_lossy()),
         }
     }
 
