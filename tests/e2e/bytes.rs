@@ -3,7 +3,8 @@
 //!
 //! The input ([`inputs`]) holds every byte value in field names and in values, empty names
 //! and values, and a value of several MiB. It goes through a pipeline without processors
-//! (plain and `atomic`), through a Rust plugin, and to every sink type. Two places cannot
+//! (plain and `atomic`), through a Rust plugin, and to every sink type; list items and pub/sub
+//! messages (on a channel whose name is not UTF-8) reach a stream unaltered. Two places cannot
 //! carry a name that is not UTF-8: a plugin (WIT field names are strings) and a JSON line
 //! (object names are strings); there the message is dead-lettered with a reason naming the
 //! field, and the dead letter keeps the original bytes.
@@ -16,6 +17,7 @@ use base64::Engine as _;
 use redis::Connection;
 use serde_json::Value;
 
+use crate::support::keys::{lpush_many, pattern_subscriptions};
 use crate::support::pipeline::{GROUP, IN, OUT, stream_source};
 use crate::support::streams::{group_exists, last_delivered_id, pending_count, xlen};
 use crate::support::{PATIENCE, Pipeline, RedisServer, Sluice, plugin};
@@ -315,6 +317,69 @@ fn json_sinks_keep_every_byte_and_dead_letter_names_they_cannot_carry() {
     }
     let dead = entries(&mut con, DEAD);
     assert_encoding_dead_letter(&dead[0].1, &input[0], "JSON line");
+}
+
+/// A list source → stream pipeline on `list`, or a pub/sub source on `pattern`.
+fn to_out_stream(redis: &RedisServer, source: &str) -> Pipeline {
+    let toml = format!(
+        "[redis]\nurl = \"{}\"\n\n[source]\n{source}\n\n\
+         [[sink]]\nname = \"out\"\ntype = \"stream\"\nstream = \"{OUT}\"\n",
+        redis.url()
+    );
+    Pipeline::write("bytes", &toml)
+}
+
+#[test]
+fn list_items_and_pubsub_messages_arrive_byte_exact() {
+    let redis = RedisServer::new();
+    let mut con = redis.conn();
+    let payloads: Vec<Vec<u8>> = inputs().into_iter().map(|mut f| f.remove(0).1).collect();
+
+    lpush_many(&mut con, "jobs", &payloads);
+    let pipeline = to_out_stream(&redis, "type = \"list\"\nlist = \"jobs\"");
+    let mut sluice = Sluice::run(pipeline.path());
+    sluice.wait_until("every list item in the stream", |_| {
+        xlen(&mut con, OUT) == payloads.len()
+    });
+    sluice.shutdown();
+    let want: Vec<Fields> = payloads
+        .iter()
+        .map(|p| vec![(b"payload".to_vec(), p.clone())])
+        .collect();
+    let out: Vec<Fields> = entries(&mut con, OUT).into_iter().map(|e| e.1).collect();
+    assert_same_entries(&out, &want, "list source");
+
+    let _: () = redis::cmd("DEL").arg(OUT).query(&mut con).expect("DEL out");
+    let pipeline = to_out_stream(&redis, "type = \"pubsub\"\npatterns = [\"bytes.*\"]");
+    let mut sluice = Sluice::run(pipeline.path());
+    sluice.wait_until("sluice's pattern subscription", |_| {
+        pattern_subscriptions(&mut con) == 1
+    });
+    let channel = b"bytes.\xff\x00\n".to_vec();
+    for payload in &payloads {
+        let reached: usize = redis::cmd("PUBLISH")
+            .arg(channel.as_slice())
+            .arg(payload.as_slice())
+            .query(&mut con)
+            .expect("PUBLISH");
+        assert_eq!(reached, 1, "the PUBLISH reached sluice");
+    }
+    sluice.wait_until("every published message in the stream", |_| {
+        xlen(&mut con, OUT) == payloads.len()
+    });
+    sluice.shutdown();
+    let want: Vec<Fields> = payloads
+        .iter()
+        .map(|p| {
+            vec![
+                (b"payload".to_vec(), p.clone()),
+                (b"channel".to_vec(), channel.clone()),
+                (b"pattern".to_vec(), b"bytes.*".to_vec()),
+            ]
+        })
+        .collect();
+    let out: Vec<Fields> = entries(&mut con, OUT).into_iter().map(|e| e.1).collect();
+    assert_same_entries(&out, &want, "pub/sub source");
 }
 
 /// One JSON line as names and values: a string value is its UTF-8 bytes, an object
