@@ -2,7 +2,8 @@
 //! processor chain, writing to the shared sinks, and settling each message
 //! by its delivery status.
 //!
-//! - [`stream`]: consumer groups (XREADGROUP, reclaim, leases, XACK, atomic).
+//! - [`stream`]: consumer groups (XREADGROUP, leases, XACK, atomic).
+//! - [`reclaim`]: a stream lane's reclaimer (XAUTOCLAIM, dead consumers).
 //! - [`pubsub`]: SUBSCRIBE/PSUBSCRIBE into a bounded buffer; at-most-once.
 //! - [`list`]: a reliable queue (LMOVE into a per-consumer processing list).
 //!
@@ -13,6 +14,7 @@
 
 mod list;
 mod pubsub;
+mod reclaim;
 mod stream;
 
 use crate::ack::{self, Status};

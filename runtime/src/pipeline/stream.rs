@@ -111,7 +111,7 @@ async fn run_lane(s: Arc<Shared>, cancel: CancellationToken) {
         );
     }
     drop(history);
-    tracker.spawn(reclaim(
+    tracker.spawn(super::reclaim::run(
         s.clone(),
         feeds,
         conn,
@@ -369,7 +369,11 @@ async fn read_ahead(
 /// deleted) before they were settled: logged with their ids, counted, and
 /// a dead letter written for each saying so. True once written: only then
 /// may they be acked.
-async fn dead_letter_trimmed(conn: &ConnectionManager, p: &Pipeline, ids: &[String]) -> bool {
+pub(super) async fn dead_letter_trimmed(
+    conn: &ConnectionManager,
+    p: &Pipeline,
+    ids: &[String],
+) -> bool {
     warn!(
         pipeline = %p.name,
         stream = %p.stream(),
@@ -463,7 +467,7 @@ async fn process_batch(
 /// [`source::renew_lease`]: only those this consumer still owns) every third
 /// of claim_idle_ms, so no reclaimer takes work that is still alive,
 /// however slow.
-async fn with_lease<T>(
+pub(super) async fn with_lease<T>(
     mut conn: ConnectionManager,
     p: &Pipeline,
     consumer: &str,
@@ -489,140 +493,6 @@ async fn with_lease<T>(
     tokio::select! {
         out = work => out,
         () = renew => unreachable!("lease renewal loops until the work ends"),
-    }
-}
-
-/// Hands entries idle longer than claim_idle_ms (of dead consumers, or
-/// failed and left pending) to this process's consumers, claiming only for
-/// a consumer that can take the batch now, so reclaimed work waits at most
-/// one batch. XAUTOCLAIM counts the delivery, so redeliveries are counted
-/// in Redis. Also removes consumers that died long ago and own nothing.
-async fn reclaim(
-    s: Arc<Shared>,
-    feeds: Vec<(String, mpsc::Sender<Vec<Message>>)>,
-    mut conn: ConnectionManager,
-    mut histories_read: mpsc::Receiver<()>,
-    cancel: CancellationToken,
-) {
-    let p = &s.pipeline;
-    // A consumer's own history and a scan must not hand out the same entry.
-    tokio::select! {
-        _ = cancel.cancelled() => return,
-        _ = histories_read.recv() => {}
-    }
-    let every = super::reclaim_interval(p.source.claim_idle_ms);
-    let remove_after = p.source.remove_consumers_idle_ms;
-    let sweep_every = Duration::from_millis((remove_after / 2).clamp(1, 60_000));
-    let mut swept = Instant::now();
-    let mut next = 0;
-    let mut outage = Outage::of(&p.name, &s.redis);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-        if remove_after > 0 && swept.elapsed() >= sweep_every {
-            swept = Instant::now();
-            remove_dead_consumers(&mut conn, p, remove_after).await;
-        }
-        let mut cursor = "0-0".to_string();
-        loop {
-            let Some((index, permit)) = free_feed(&feeds, &mut next, &cancel).await else {
-                return;
-            };
-            let (consumer, feed) = &feeds[index];
-            let claimed = source::autoclaim(
-                &mut conn,
-                p.stream(),
-                p.group(),
-                consumer,
-                p.source.claim_idle_ms,
-                &cursor,
-                p.source.batch,
-            )
-            .await;
-            let (next_cursor, batch) = match claimed {
-                Ok(claimed) => {
-                    outage.recovered();
-                    claimed
-                }
-                Err(e) => {
-                    if conn::is_outage(&e) {
-                        outage.failed(&e, "reclaiming");
-                    } else if conn::has_code(&e, "NOGROUP") {
-                        debug!(pipeline = %p.name, "no group to reclaim from; the consumers recreate it");
-                    } else {
-                        warn!(pipeline = %p.name, "XAUTOCLAIM failed: {e}");
-                    }
-                    break;
-                }
-            };
-            // Redis 7 drops deleted entries from the group itself; 6.2 needs the ack.
-            if !batch.deleted.is_empty() && dead_letter_trimmed(&conn, p, &batch.deleted).await {
-                settle_acks(&mut conn, p, &batch.deleted).await;
-            }
-            if batch.messages.is_empty() {
-                drop(permit);
-            } else {
-                info!(pipeline = %p.name, to = %consumer, count = batch.messages.len(), "reclaimed idle entries");
-                metrics::counter!("sluice_reclaimed_total", "pipeline" => p.name.clone())
-                    .increment(batch.messages.len() as u64);
-                // Leased until the consumer takes it (the slot is free
-                // again), or a reclaimer would claim it again.
-                let ids: Vec<String> = batch.messages.iter().map(|m| m.id.clone()).collect();
-                permit.send(batch.messages);
-                let handed = with_lease(conn.clone(), p, consumer, &ids, async {
-                    tokio::select! {
-                        _ = cancel.cancelled() => false,
-                        taken = feed.reserve() => taken.is_ok(),
-                    }
-                });
-                if !handed.await {
-                    return;
-                }
-            }
-            cursor = next_cursor;
-            if cursor == "0-0" {
-                break;
-            }
-        }
-    }
-}
-
-/// A consumer with room for a reclaimed batch, round robin from `next`:
-/// the first free one, else the next in turn once it has room. None if
-/// cancelled or every consumer is gone.
-async fn free_feed<'a>(
-    feeds: &'a [(String, mpsc::Sender<Vec<Message>>)],
-    next: &mut usize,
-    cancel: &CancellationToken,
-) -> Option<(usize, mpsc::Permit<'a, Vec<Message>>)> {
-    for k in 0..feeds.len() {
-        let index = (*next + k) % feeds.len();
-        if let Ok(permit) = feeds[index].1.try_reserve() {
-            *next = index + 1;
-            return Some((index, permit));
-        }
-    }
-    let index = *next % feeds.len();
-    *next = index + 1;
-    tokio::select! {
-        _ = cancel.cancelled() => None,
-        permit = feeds[index].1.reserve() => permit.ok().map(|permit| (index, permit)),
-    }
-}
-
-/// Removes the group's consumers idle past `remove_consumers_idle_ms` that
-/// own nothing (what processes that died leave behind).
-async fn remove_dead_consumers(conn: &mut ConnectionManager, p: &Pipeline, idle_ms: u64) {
-    match source::remove_idle_consumers(conn, p.stream(), p.group(), idle_ms, None).await {
-        Ok(removed) if !removed.is_empty() => {
-            info!(pipeline = %p.name, group = %p.group(), consumers = ?removed, idle_ms, "removed consumers that were idle and owned nothing");
-            metrics::counter!("sluice_consumers_removed_total", "pipeline" => p.name.clone())
-                .increment(removed.len() as u64);
-        }
-        Ok(_) => {}
-        Err(e) => debug!(pipeline = %p.name, "could not remove idle consumers: {e}"),
     }
 }
 
@@ -737,7 +607,7 @@ async fn settle(
 }
 
 /// Acks `ids` in one XACK, retrying through an outage.
-async fn settle_acks(conn: &mut ConnectionManager, p: &Pipeline, ids: &[String]) {
+pub(super) async fn settle_acks(conn: &mut ConnectionManager, p: &Pipeline, ids: &[String]) {
     let acked = retry_outage(&p.name, "acking", || {
         let mut c = conn.clone();
         async move { source::ack(&mut c, p.stream(), p.group(), ids).await }
