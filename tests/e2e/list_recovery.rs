@@ -249,3 +249,48 @@ fn a_take_over_checks_the_heartbeat_in_the_same_script_as_the_move() {
         "a delivery counted each"
     );
 }
+
+#[test]
+fn a_consumer_whose_name_was_taken_does_not_take_it_back() {
+    const EACH: usize = 10;
+    let redis = RedisServer::new();
+    let mut con = redis.conn();
+    // Heartbeats renewed every second; ok items written as they come.
+    let pipeline = list_pipeline(&redis, "claim_idle_ms = 3000");
+    let cache = cache();
+    let mut sluice = Sluice::run_cached(pipeline.path(), cache.path());
+    lpush_many(&mut con, "jobs", &["ok"; EACH]);
+    sluice.wait_until("the first items written", |_| {
+        xlen(&mut con, "jobs:out") == EACH
+    });
+    let beats = keys_matching(&mut con, "{jobs}:consumer:*");
+    assert_eq!(beats.len(), 1, "one consumer: {beats:?}");
+    let name = beats[0].clone();
+
+    // As if this process had stalled past its heartbeat and a restart on this host (here: the
+    // test process, which is alive) had claimed the name.
+    let other = std::process::id().to_string();
+    let () = redis::cmd("SET")
+        .arg(&name)
+        .arg(&other)
+        .arg("PX")
+        .arg(60_000)
+        .query(&mut con)
+        .expect("SET the heartbeat");
+    sluice.wait_for_log(&["WARN", "another process holds this consumer name"], 1);
+    let renamed = format!("{name}.1");
+    let pid = sluice.pid().to_string();
+    sluice.wait_until("the consumer under a new name", |_| {
+        crate::support::keys::get(&mut con, &renamed).as_ref() == Some(&pid)
+    });
+    lpush_many(&mut con, "jobs", &["ok"; EACH]);
+    sluice.wait_until("the next items written", |_| {
+        xlen(&mut con, "jobs:out") == 2 * EACH
+    });
+    assert_eq!(
+        crate::support::keys::get(&mut con, &name),
+        Some(other),
+        "the name stays with the process that took it"
+    );
+    sluice.shutdown();
+}

@@ -12,7 +12,11 @@
 //! sink write and the LREM writes the item again (at-least-once). A dead
 //! letter or settle that fails leaves the item in the processing list; the
 //! consumer takes it up again after [`RECHECK_FIRST`] (doubling, up to
-//! [`RECHECK_MAX`]) while new items keep flowing.
+//! [`RECHECK_MAX`]) while new items keep flowing. A consumer that stalls
+//! longer than its heartbeat's lifetime may find its items returned to the
+//! queue and its name claimed by a restart: its next renewal notices, and
+//! it finishes its batch (at-least-once) and claims a new name rather than
+//! share a processing list.
 
 use super::{Shared, retry_outage, run_chain};
 use crate::ack;
@@ -60,41 +64,75 @@ async fn consume(s: Arc<Shared>, keys: Arc<Keys>, index: u32, cancel: Cancellati
     };
     let host = gethostname::gethostname().to_string_lossy().into_owned();
     let mut outage = Outage::new(&p.name);
-    let consumer = loop {
-        match source::claim_name(&mut conn, &keys, &host, index, ttl).await {
-            Ok(name) => break name,
-            Err(e) => {
-                outage.failed(&e, "claiming a consumer name");
-                if !outage.wait(&cancel).await {
-                    return;
+    // A consumer that loses its name (see `heartbeat`) claims another.
+    while !cancel.is_cancelled() {
+        let consumer = loop {
+            match source::claim_name(&mut conn, &keys, &host, index, ttl).await {
+                Ok(name) => break name,
+                Err(e) => {
+                    outage.failed(&e, "claiming a consumer name");
+                    if !outage.wait(&cancel).await {
+                        return;
+                    }
                 }
             }
+        };
+        let span = tracing::info_span!("consumer", pipeline = %p.name, consumer = %consumer);
+        let lost = cancel.child_token();
+        let beat = tokio::spawn(
+            heartbeat(
+                conn.clone(),
+                keys.clone(),
+                consumer.clone(),
+                ttl,
+                lost.clone(),
+            )
+            .instrument(span.clone()),
+        );
+        work(&s, &keys, &consumer, &mut conn, &lost)
+            .instrument(span)
+            .await;
+        beat.abort();
+        if !cancel.is_cancelled() {
+            continue; // the name was lost: nothing of it is ours to clean up
         }
-    };
-    let span = tracing::info_span!("consumer", pipeline = %p.name, consumer = %consumer);
-    let beat = tokio::spawn(
-        heartbeat(conn.clone(), keys.clone(), consumer.clone(), ttl).instrument(span.clone()),
-    );
-    work(&s, &keys, &consumer, &mut conn, &cancel)
-        .instrument(span)
-        .await;
-    beat.abort();
-    match source::leave(&mut conn, &keys, &consumer).await {
-        Ok(true) => debug!(consumer, "consumer left"),
-        Ok(false) => info!(
-            consumer,
-            "consumer stopped holding items; a restart on this host or the reclaimer takes them"
-        ),
-        Err(e) => debug!(consumer, "could not leave: {e}"),
+        match source::leave(&mut conn, &keys, &consumer).await {
+            Ok(true) => debug!(consumer, "consumer left"),
+            Ok(false) => info!(
+                consumer,
+                "consumer stopped holding items; a restart on this host or the reclaimer takes them"
+            ),
+            Err(e) => debug!(consumer, "could not leave: {e}"),
+        }
     }
 }
 
-/// Keeps the consumer's heartbeat alive, at a third of its lifetime.
-async fn heartbeat(mut conn: ConnectionManager, keys: Arc<Keys>, consumer: String, ttl_ms: u64) {
+/// Keeps the consumer's heartbeat alive, at a third of its lifetime. If
+/// another process took the name meanwhile (this one stalled past the
+/// heartbeat's lifetime), cancels `lost`: the consumer finishes its batch
+/// and claims a new name.
+async fn heartbeat(
+    mut conn: ConnectionManager,
+    keys: Arc<Keys>,
+    consumer: String,
+    ttl_ms: u64,
+    lost: CancellationToken,
+) {
     loop {
-        tokio::time::sleep(Duration::from_millis(ttl_ms / 3)).await;
-        if let Err(e) = source::heartbeat(&mut conn, &keys, &consumer, ttl_ms).await {
-            debug!("heartbeat failed: {e}");
+        tokio::select! {
+            _ = lost.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(ttl_ms / 3)) => {}
+        }
+        match source::heartbeat(&mut conn, &keys, &consumer, ttl_ms).await {
+            Ok(true) => {}
+            Ok(false) => {
+                warn!(
+                    "another process holds this consumer name now (this one stalled longer than claim_idle_ms); claiming a new name"
+                );
+                lost.cancel();
+                return;
+            }
+            Err(e) => debug!("heartbeat failed: {e}"),
         }
     }
 }

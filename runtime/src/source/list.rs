@@ -70,6 +70,24 @@ end
 return 0
 "#;
 
+/// Renews heartbeat `KEYS[1]` (value `ARGV[1]`, lifetime `ARGV[2]` ms) if
+/// it holds `ARGV[1]` or has expired. Returns 0 if another process holds it.
+const RENEW: &str = r#"
+local holder = redis.call('GET', KEYS[1])
+if holder ~= false and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"#;
+
+/// Deletes heartbeat `KEYS[2]` if it holds `ARGV[1]` and processing list
+/// `KEYS[1]` is empty. Returns 1 if the list is empty (the consumer left
+/// nothing behind).
+const LEAVE: &str = r#"
+if redis.call('LLEN', KEYS[1]) > 0 then return 0 end
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+return 1
+"#;
+
 /// The keys of one list source.
 #[derive(Debug, Clone)]
 pub struct Keys {
@@ -333,35 +351,34 @@ pub async fn claim_name(
     unreachable!("the loop returns")
 }
 
-/// Marks `consumer` alive for `ttl_ms`.
+/// Marks `consumer` alive for another `ttl_ms`, if the name is still this
+/// process's. False if another process holds it now (this one stalled past
+/// the heartbeat's lifetime, and a restart on this host took the name):
+/// the caller must stop using the name, or two processes would share one
+/// processing list.
 pub async fn heartbeat(
     conn: &mut ConnectionManager,
     keys: &Keys,
     consumer: &str,
     ttl_ms: u64,
-) -> RedisResult<()> {
-    redis::cmd("SET")
-        .arg(keys.heartbeat(consumer))
+) -> RedisResult<bool> {
+    redis::Script::new(RENEW)
+        .key(keys.heartbeat(consumer))
         .arg(std::process::id())
-        .arg("PX")
         .arg(ttl_ms)
-        .query_async(conn)
+        .invoke_async(conn)
         .await
 }
 
-/// Removes the heartbeat of a consumer that stopped cleanly with nothing held.
+/// Removes the heartbeat of a consumer that stopped cleanly with nothing
+/// held, if the name is still this process's.
 pub async fn leave(conn: &mut ConnectionManager, keys: &Keys, consumer: &str) -> RedisResult<bool> {
-    let held: i64 = redis::cmd("LLEN")
-        .arg(keys.processing(consumer))
-        .query_async(conn)
-        .await?;
-    if held == 0 {
-        redis::cmd("DEL")
-            .arg(keys.heartbeat(consumer))
-            .query_async::<i64>(conn)
-            .await?;
-    }
-    Ok(held == 0)
+    redis::Script::new(LEAVE)
+        .key(keys.processing(consumer))
+        .key(keys.heartbeat(consumer))
+        .arg(std::process::id())
+        .invoke_async(conn)
+        .await
 }
 
 /// Moves the processing lists of consumers whose heartbeat expired back to
