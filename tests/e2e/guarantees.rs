@@ -384,7 +384,9 @@ fn redis_restart_mid_stream_loses_nothing() {
     let ids = xadd_many(&mut con, IN, INPUTS, index_only);
     let pipeline = Spec::new(
         "consumers = 4\nbatch = 50\nclaim_idle_ms = 1000",
-        "sleep_ms = 20",
+        // Slow enough (2 s for the inputs at least) that Redis goes away mid-stream even
+        // where preparing the slow load takes a while (Redis 6.2 rewrites its AOF slowly).
+        "sleep_ms = 100",
     )
     .write(&redis);
 
