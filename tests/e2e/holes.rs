@@ -260,10 +260,15 @@ fn redis_restarted_empty_recovers_and_skips_nothing_added_after() {
             "input {i} (added after the restart) written once"
         );
     }
-    assert!(
-        sluice.log().contains("recreat"),
-        "the lost group is logged loudly"
-    );
+    let log = sluice.log();
+    assert!(log.contains("recreat"), "the lost group is logged loudly");
+    for what in ["pipeline started", "Redis unavailable"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(what) && l.contains(&redis.url())),
+            "the `{what}` line names the Redis: {log}"
+        );
+    }
 }
 
 /// Under a backlog that never lets up, work left pending for a retry (and a dead process's

@@ -43,7 +43,7 @@ const RECHECK_MAX: Duration = Duration::from_secs(5);
 pub(super) async fn run(s: Arc<Shared>, cancel: CancellationToken) -> Result<()> {
     let p = &s.pipeline;
     let keys = Arc::new(Keys::new(p.source.list.as_deref().unwrap_or_default()));
-    info!(pipeline = %p.name, list = %keys.list, consumers = p.source.consumers, "pipeline started");
+    info!(pipeline = %p.name, list = %keys.list, consumers = p.source.consumers, redis = %s.redis, "pipeline started");
     let tracker = TaskTracker::new();
     for index in 0..p.source.consumers {
         tracker.spawn(consume(s.clone(), keys.clone(), index, cancel.clone()));
@@ -63,7 +63,7 @@ async fn consume(s: Arc<Shared>, keys: Arc<Keys>, index: u32, cancel: Cancellati
         Err(e) => return error!(pipeline = %p.name, "cannot open a connection: {e}"),
     };
     let host = gethostname::gethostname().to_string_lossy().into_owned();
-    let mut outage = Outage::new(&p.name);
+    let mut outage = Outage::of(&p.name, &s.redis);
     // A consumer that loses its name (see `heartbeat`) claims another.
     while !cancel.is_cancelled() {
         let consumer = loop {
@@ -147,7 +147,7 @@ async fn work(
     let p = &s.pipeline;
     let list: Arc<str> = keys.list.as_str().into();
     let mut chain = Some(Chain::new(&s.stages));
-    let mut outage = Outage::new(&p.name);
+    let mut outage = Outage::of(&p.name, &s.redis);
     // Items held from before (a restart or a lost reply) come first.
     let mut own = true;
     // Items left unsettled in the processing list are taken up again at

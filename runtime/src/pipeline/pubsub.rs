@@ -54,6 +54,7 @@ pub(super) async fn run(s: Arc<Shared>, cancel: CancellationToken) -> Result<()>
         ?channels,
         ?patterns,
         consumers = p.source.consumers,
+        redis = %s.redis,
         "pipeline started (pub/sub is at-most-once: messages published while sluice is not subscribed are lost)"
     );
     let tracker = TaskTracker::new();
@@ -72,7 +73,7 @@ pub(super) async fn run(s: Arc<Shared>, cancel: CancellationToken) -> Result<()>
 /// and stop.
 async fn subscribe(s: Arc<Shared>, tx: mpsc::Sender<Message>, cancel: CancellationToken) {
     let p = &s.pipeline;
-    let mut outage = Outage::new(&p.name);
+    let mut outage = Outage::of(&p.name, &s.redis);
     let mut drops = Drops::default();
     loop {
         let subscribed = async {
