@@ -97,6 +97,8 @@ struct Supervisor {
     ctx: Context,
     /// By pipeline file (normalized path).
     running: HashMap<PathBuf, Running>,
+    /// Watches the pipeline paths and the plugins' folders (`--no-watch`: none).
+    watcher: Option<Watcher>,
 }
 
 /// Runs every valid pipeline under `paths` until `cancel`, then drains.
@@ -112,6 +114,9 @@ pub async fn run(
         paths,
         ctx,
         running: HashMap::new(),
+        // Watching starts before any pipeline does: an edit made as soon
+        // as output appears must not be missed.
+        watcher: if watch { Some(Watcher::new()?) } else { None },
     };
     sup.reload_pipelines().await?;
     if sup.running.is_empty() {
@@ -120,22 +125,18 @@ pub async fn run(
     sup.ctx
         .ready
         .store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut watcher = if watch { Some(Watcher::new()?) } else { None };
-    sup.watch(watcher.as_mut());
     loop {
         let changed = tokio::select! {
             _ = cancel.cancelled() => break,
-            changed = next_change(watcher.as_mut()) => changed,
+            changed = next_change(sup.watcher.as_mut()) => changed,
         };
         sup.swap_plugins(&changed).await;
         if changed
             .iter()
             .any(|p| p.extension().is_some_and(|e| e == "toml"))
+            && let Err(e) = sup.reload_pipelines().await
         {
-            if let Err(e) = sup.reload_pipelines().await {
-                error!("cannot reload pipelines: {e:#}");
-            }
-            sup.watch(watcher.as_mut());
+            error!("cannot reload pipelines: {e:#}");
         }
     }
     info!(
@@ -166,13 +167,14 @@ async fn next_change(watcher: Option<&mut Watcher>) -> HashSet<PathBuf> {
 }
 
 impl Supervisor {
-    /// Watches the pipeline paths and every running plugin's folder.
-    fn watch(&self, watcher: Option<&mut Watcher>) {
-        let Some(watcher) = watcher else { return };
-        let plugins = self
-            .running
-            .values()
-            .flat_map(|r| r.pipeline.processors.iter().map(|p| p.plugin.clone()));
+    /// Watches the pipeline paths and the plugin folders of `pipelines`.
+    fn watch(&mut self, pipelines: &[Pipeline]) {
+        let Some(watcher) = self.watcher.as_mut() else {
+            return;
+        };
+        let plugins = pipelines
+            .iter()
+            .flat_map(|p| p.processors.iter().map(|p| p.plugin.clone()));
         for path in self.paths.iter().cloned().chain(plugins) {
             if let Err(e) = watcher.watch(&path) {
                 warn!(path = %path.display(), "cannot watch for changes: {e}");
@@ -220,6 +222,8 @@ impl Supervisor {
             running.drain().await;
             metrics::counter!("sluice_pipeline_reloads_total", "result" => "removed").increment(1);
         }
+        // Before they start, so no change to their plugins goes unseen.
+        self.watch(&valid);
         for pipeline in valid {
             let file = watch::normalize(&pipeline.file);
             if invalid.contains(&file) {
