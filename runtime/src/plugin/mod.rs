@@ -7,9 +7,11 @@
 //! - [`Chain`]: one per consumer; the pipeline's processors as warm
 //!   instances, called once per batch on a blocking thread.
 //!
-//! Plugins implement the `processor` world of `sdk/wit/sluice.wit`.
+//! Plugins implement the `processor` world of `sdk/wit/sluice.wit`, as a
+//! component or as a plain core module that [`core_module`] wraps at load.
 
 mod chain;
+mod core_module;
 mod host;
 
 pub use chain::{Chain, Stage, StageSettings, Version};
@@ -170,6 +172,15 @@ impl Engine {
                 // Seconds for Python or JavaScript: say so, or a first run looks hung.
                 let started = std::time::Instant::now();
                 tracing::info!(plugin = %path.display(), "compiling {} (first run; cached afterwards)", path.display());
+                // The hash stays that of the file, so the disk cache holds
+                // the wrapped module and a restart skips the wrapping too.
+                let wrapped;
+                let bytes = if core_module::is_core_module(bytes) {
+                    wrapped = core_module::componentize(bytes)?;
+                    &wrapped[..]
+                } else {
+                    bytes
+                };
                 let component = Component::new(&self.inner.engine, bytes)
                     .map_err(|e| anyhow::anyhow!("{}", first_line(&e)))
                     .context("cannot compile it; a plugin is a WebAssembly component of the sluice:processor world (see sdk/wit), e.g. built with sluice-sdk or componentize-py")?;
