@@ -142,9 +142,24 @@ impl kv::Host for Host {
         self.kv.run(redis::cmd("GET").arg(key))
     }
 
-    fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
-        let key = self.kv.key(&key);
-        self.kv.run(redis::cmd("SET").arg(key).arg(value))
+    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), String> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.kv.key(&key)).arg(value);
+        with_ttl(&mut cmd, ttl_ms)?;
+        self.kv.run(&mut cmd)
+    }
+
+    fn set_new(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<bool, String> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.kv.key(&key)).arg(value).arg("NX");
+        with_ttl(&mut cmd, ttl_ms)?;
+        // OK when stored, nil when the key was already there.
+        self.kv.run::<Option<String>>(&mut cmd).map(|r| r.is_some())
     }
 
     fn delete(&mut self, key: String) -> Result<(), String> {
@@ -155,6 +170,19 @@ impl kv::Host for Host {
     fn incr(&mut self, key: String, by: i64) -> Result<i64, String> {
         let key = self.kv.key(&key);
         self.kv.run(redis::cmd("INCRBY").arg(key).arg(by))
+    }
+}
+
+/// `PX ttl`: Redis refuses 0, and a zero window means "expire now", which
+/// is no use to anyone; say so rather than store forever.
+fn with_ttl(cmd: &mut redis::Cmd, ttl_ms: Option<u64>) -> Result<(), String> {
+    match ttl_ms {
+        None => Ok(()),
+        Some(0) => Err("ttl-ms must be at least 1".into()),
+        Some(ms) => {
+            cmd.arg("PX").arg(ms);
+            Ok(())
+        }
     }
 }
 
