@@ -17,6 +17,7 @@
 //! - `group_change`: an edit that changes the consumer group warns about the backlog left.
 //! - `list_recovery`: list sources through crashes, failed settles and take-overs.
 //! - `pubsub_keepalive`: a silent or killed subscription is noticed and renewed.
+//! - `plugins`: core-module plugins (WAT, C) in real pipelines, and their sandbox limits.
 //! - `reload`: plugin swaps and pipeline file edits while messages flow; the compile cache.
 //! - `shutdown`: SIGTERM drains, a restart resumes, nothing is lost or duplicated.
 //! - `sources`: pub/sub and list sources, several streams, a Python plugin, the bridge
@@ -37,6 +38,7 @@ mod guarantees;
 mod holes;
 mod list_recovery;
 mod pubsub_keepalive;
+mod plugins;
 mod reload;
 mod shutdown;
 mod sinks;

@@ -1,0 +1,381 @@
+//! Plugins in languages without component tooling: plain core modules, wrapped into
+//! components at load.
+//!
+//! The example plugins (`plugins/uppercase-wat`, `plugins/json-enrich-c`) are built from source
+//! by `scripts/build-plugins`; the misbehaving fixture (`tests/fixtures/runaway.wat`) is
+//! assembled here with the same `wat2wasm`. Each runs in a real pipeline against a real Redis,
+//! and the sandbox's limits must hold for core modules as they do for components.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::support::pipeline::{IN, OUT, stream_source, wait_settled};
+use crate::support::streams::{xadd_many, xlen, xrange_all};
+use crate::support::{Pipeline, RedisServer, Sluice, repo_root};
+
+/// A WAT plugin, 461 bytes of module, uppercases every field value of every message; two
+/// consumers share the work.
+#[test]
+fn a_wat_core_module_uppercases_in_a_real_pipeline() {
+    const COUNT: usize = 2_000;
+    let redis = RedisServer::new();
+    let mut con = redis.conn();
+    xadd_many(&mut con, IN, COUNT, |i| {
+        vec![
+            ("i", format!("n{i}")),
+            ("payload", format!("message {i} from wat")),
+        ]
+    });
+    let pipeline = Pipeline::stream_to_stream(&redis, "uppercase-wat", "consumers = 2", "");
+
+    let mut sluice = Sluice::run(pipeline.path());
+    wait_settled(&mut con, &mut sluice, COUNT, 0);
+    sluice.shutdown();
+
+    let mut got: Vec<Vec<(String, String)>> = xrange_all(&mut con, OUT)
+        .into_iter()
+        .map(|e| e.fields)
+        .collect();
+    // Two consumers: each keeps its own order, the interleaving is free.
+    got.sort_by_key(|fields| fields[0].1[1..].parse::<usize>().unwrap_or(usize::MAX));
+    let want: Vec<Vec<(String, String)>> = (0..COUNT)
+        .map(|i| {
+            vec![
+                ("i".to_owned(), format!("N{i}")),
+                ("payload".to_owned(), format!("MESSAGE {i} FROM WAT")),
+            ]
+        })
+        .collect();
+    assert_eq!(got, want, "every message once, every value uppercased");
+}
+
+/// The C json-enrich adds the configured keys (replacing one already there), keeps the other
+/// fields, and dead-letters what is not a JSON object, each with its reason.
+#[test]
+fn a_c_core_module_enriches_json_and_dead_letters_the_rest() {
+    assert_json_enrich("json-enrich-c");
+}
+
+/// The JavaScript json-enrich (componentize-js, `sdk/js/sluice.js`) does the same job.
+#[test]
+fn a_javascript_plugin_enriches_json_and_dead_letters_the_rest() {
+    assert_json_enrich("json-enrich-js");
+}
+
+/// The Python json-enrich (componentize-py, `sdk/python/sluice.py`) does the same job.
+#[test]
+fn a_python_plugin_enriches_json_and_dead_letters_the_rest() {
+    assert_json_enrich("json-enrich-py");
+}
+
+/// Runs the json-enrich job through `plugin_name` and checks every output and dead letter.
+fn assert_json_enrich(plugin_name: &str) {
+    let redis = RedisServer::new();
+    let mut con = redis.conn();
+    let payloads = [
+        r#"{"id":0}"#,
+        r#" { "id" : 1, "region": "old", "nested": {"a": [1, 2.5, "x\"y", null]}, "ok": true } "#,
+        r#"{}"#,
+        r#"{"id":3"#,
+        r#"[1,2]"#,
+        r#"not json"#,
+        r#"{"id":6} trailing"#,
+    ];
+    xadd_many(&mut con, IN, payloads.len() + 1, |i| {
+        match payloads.get(i) {
+            Some(payload) => vec![("i", i.to_string()), ("payload", payload.to_string())],
+            None => vec![("i", i.to_string()), ("other", "no payload".to_owned())],
+        }
+    });
+    let pipeline = Pipeline::stream_to_stream(
+        &redis,
+        plugin_name,
+        "",
+        "region = \"eu-west\"\nnote = 'say \"hi\"\\back'",
+    );
+
+    // Python and JavaScript components take seconds to compile on first use: within PATIENCE.
+    let mut sluice = Sluice::run(pipeline.path());
+    wait_settled(&mut con, &mut sluice, 3, 0);
+    let dead_stream = format!("{IN}:dead");
+    sluice.wait_until("five dead letters", |_| xlen(&mut con, &dead_stream) == 5);
+    sluice.shutdown();
+
+    let out = xrange_all(&mut con, OUT);
+    let got: Vec<(String, Value)> = out
+        .iter()
+        .map(|e| {
+            assert_eq!(
+                e.fields.len(),
+                2,
+                "{plugin_name}: fields kept, in order: {e:?}"
+            );
+            assert_eq!(e.fields[0].0, "i");
+            let json = serde_json::from_str(e.get("payload"))
+                .unwrap_or_else(|err| panic!("{plugin_name}: output is not JSON ({err}): {e:?}"));
+            (e.get("i").to_owned(), json)
+        })
+        .collect();
+    let extra = |mut object: Value| {
+        object["region"] = json!("eu-west");
+        object["note"] = json!("say \"hi\"\\back");
+        object
+    };
+    assert_eq!(
+        got,
+        vec![
+            ("0".to_owned(), extra(json!({"id": 0}))),
+            (
+                "1".to_owned(),
+                extra(json!({"id": 1, "nested": {"a": [1, 2.5, "x\"y", null]}, "ok": true}))
+            ),
+            ("2".to_owned(), extra(json!({}))),
+        ],
+        "{plugin_name}: enriched objects"
+    );
+    let reasons: BTreeMap<String, String> = xrange_all(&mut con, &dead_stream)
+        .into_iter()
+        .map(|e| (e.get("i").to_owned(), e.get("sluice.error").to_owned()))
+        .collect();
+    assert_eq!(
+        reasons.keys().cloned().collect::<BTreeSet<_>>(),
+        ["3", "4", "5", "6", "7"].map(String::from).into(),
+        "{plugin_name}: the invalid payloads and the message without one are dead-lettered at once"
+    );
+    for i in ["3", "4", "5", "6"] {
+        assert!(
+            reasons[i].contains("`payload` is not a JSON object"),
+            "{plugin_name}: input {i}: {}",
+            reasons[i]
+        );
+    }
+    assert!(
+        reasons["7"].contains("missing field `payload`"),
+        "{plugin_name}: {}",
+        reasons["7"]
+    );
+}
+
+/// Assembles `tests/fixtures/<name>.wat` into `dir` with the toolchain `scripts/build-plugins`
+/// uses.
+fn assemble(name: &str, dir: &Path) -> std::path::PathBuf {
+    let wat = repo_root()
+        .join("tests")
+        .join("fixtures")
+        .join(format!("{name}.wat"));
+    let wasm = dir.join(format!("{name}.wasm"));
+    let status = Command::new("wat2wasm")
+        .arg(&wat)
+        .arg("-o")
+        .arg(&wasm)
+        .status()
+        .unwrap_or_else(|e| panic!("wat2wasm (run scripts/setup): {e}"));
+    assert!(status.success(), "wat2wasm {}: {status}", wat.display());
+    wasm
+}
+
+/// A core module that never returns is stopped at `timeout_ms`, one that grows its memory
+/// past `memory_mb` is refused and traps: only their messages fail, each dead-lettered after
+/// `max_deliveries` with its class, and the neighbours in the same batches pass.
+#[test]
+fn a_core_module_that_loops_or_hoards_fails_only_its_messages() {
+    const COUNT: usize = 60;
+    const LOOPING: usize = 17;
+    const HOARDING: usize = 41;
+    let redis = RedisServer::new();
+    let mut con = redis.conn();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let plugin = assemble("runaway", dir.path());
+    let toml = format!(
+        "{head}\n[[processor]]\nplugin = '{plugin}'\ntimeout_ms = 200\nmemory_mb = 16\n\n\
+         [[sink]]\nname = \"out\"\ntype = \"stream\"\nstream = \"{OUT}\"\n",
+        head = stream_source(
+            &redis,
+            "batch = 20\nclaim_idle_ms = 300\nmax_deliveries = 2"
+        ),
+        plugin = plugin.display(),
+    );
+    let pipeline = Pipeline::write("e2e", &toml);
+    xadd_many(&mut con, IN, COUNT, |i| {
+        let action = match i {
+            LOOPING => "loop",
+            HOARDING => "hoard",
+            _ => "ok",
+        };
+        vec![("i", i.to_string()), ("action", action.to_owned())]
+    });
+
+    let mut sluice = Sluice::run(pipeline.path());
+    wait_settled(&mut con, &mut sluice, COUNT - 2, 0);
+    assert!(sluice.is_running(), "the runtime survives its plugin");
+    sluice.shutdown();
+
+    let outputs: BTreeSet<usize> = xrange_all(&mut con, OUT)
+        .iter()
+        .map(|e| e.get("i").parse().expect("a numeric `i`"))
+        .collect();
+    let want: BTreeSet<usize> = (0..COUNT)
+        .filter(|&i| i != LOOPING && i != HOARDING)
+        .collect();
+    assert_eq!(outputs, want, "every well-behaved message passed");
+    let dead: BTreeMap<usize, (String, String)> = xrange_all(&mut con, &format!("{IN}:dead"))
+        .into_iter()
+        .map(|e| {
+            (
+                e.get("i").parse().expect("a numeric `i`"),
+                (
+                    e.get("sluice.error_class").to_owned(),
+                    e.get("sluice.deliveries").to_owned(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(
+        dead,
+        BTreeMap::from([
+            (LOOPING, ("timeout".to_owned(), "2".to_owned())),
+            (HOARDING, ("memory".to_owned(), "2".to_owned())),
+        ]),
+        "dead letters: the runaways, by class, after max_deliveries"
+    );
+}
+
+/// A stream `<name>:in` → `plugin_name` → stream `<name>:out` pipeline file named `name`.
+fn named_pipeline(
+    redis: &RedisServer,
+    name: &str,
+    plugin_name: &str,
+    source: &str,
+    config: &str,
+) -> String {
+    format!(
+        "[redis]\nurl = \"{url}\"\n\n[source]\ntype = \"stream\"\nstream = \"{name}:in\"\nstart = \"0\"\nblock_ms = 100\n{source}\n\n\
+         [[processor]]\nplugin = '{plugin}'\n\n[processor.config]\n{config}\n\n\
+         [[sink]]\nname = \"out\"\ntype = \"stream\"\nstream = \"{name}:out\"\n",
+        url = redis.url(),
+        plugin = crate::support::plugin(plugin_name).display(),
+    )
+}
+
+/// Two pipelines in one process count on a key of the same name; each sees only its own
+/// counter, and the counters live under each pipeline's own prefix.
+#[test]
+fn pipelines_never_see_each_others_keys() {
+    let redis = RedisServer::new();
+    let mut con = redis.conn();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let counts = [("alpha", 30), ("beta", 50)];
+    for (name, count) in counts {
+        let toml = named_pipeline(&redis, name, "counter", "consumers = 2", "key = \"n\"");
+        std::fs::write(dir.path().join(format!("{name}.toml")), toml).expect("write a pipeline");
+        xadd_many(&mut con, &format!("{name}:in"), count, |i| {
+            vec![("i", i.to_string())]
+        });
+    }
+
+    let mut sluice = Sluice::spawn([
+        std::ffi::OsStr::new("run"),
+        dir.path().as_os_str(),
+        std::ffi::OsStr::new("--no-watch"),
+    ]);
+    for (name, count) in counts {
+        let out = format!("{name}:out");
+        sluice.wait_until(&format!("{count} entries in {out}"), |_| {
+            xlen(&mut con, &out) == count
+        });
+    }
+    sluice.shutdown();
+
+    for (name, count) in counts {
+        let seen: BTreeSet<usize> = xrange_all(&mut con, &format!("{name}:out"))
+            .iter()
+            .map(|e| e.get("count").parse().expect("a numeric count"))
+            .collect();
+        assert_eq!(
+            seen,
+            (1..=count).collect::<BTreeSet<_>>(),
+            "pipeline {name} counts its own messages, each once, from 1"
+        );
+        let stored: usize = redis::cmd("GET")
+            .arg(format!("sluice:kv:{{{name}}}:n"))
+            .query(&mut con)
+            .expect("GET the counter");
+        assert_eq!(stored, count, "pipeline {name}'s counter in Redis");
+    }
+    let bare: Option<String> = redis::cmd("GET").arg("n").query(&mut con).expect("GET n");
+    assert_eq!(bare, None, "no key outside the pipelines' prefixes");
+}
+
+/// dedup passes the first message of each key and filters the rest within the window, across
+/// two consumers; once the window's key expires, the key passes again.
+#[test]
+fn dedup_drops_repeats_within_the_window_and_passes_them_after() {
+    const COUNT: usize = 200;
+    const KEYS: usize = 40;
+    let redis = RedisServer::new();
+    let mut con = redis.conn();
+    xadd_many(&mut con, "d:in", COUNT, |i| {
+        vec![("id", format!("k{}", i % KEYS)), ("i", i.to_string())]
+    });
+    let pipeline = Pipeline::write(
+        "d",
+        &named_pipeline(
+            &redis,
+            "d",
+            "dedup",
+            "consumers = 2\nbatch = 16",
+            "key = \"id\"\nwindow_ms = \"6000\"",
+        ),
+    );
+    let mut sluice = Sluice::run(pipeline.path());
+    sluice.wait_until("every input acked", |_| {
+        crate::support::streams::group_exists(&mut con, "d:in", "d")
+            && crate::support::streams::pending_count(&mut con, "d:in", "d") == 0
+            && crate::support::streams::last_delivered_id(&mut con, "d:in", "d")
+                == xrange_all(&mut con, "d:in").last().expect("input").id
+    });
+    // Consumers race, so which message of a key wins is free; that exactly one does is not.
+    let passed: Vec<String> = xrange_all(&mut con, "d:out")
+        .iter()
+        .map(|e| e.get("id").to_owned())
+        .collect();
+    assert_eq!(
+        passed.iter().cloned().collect::<BTreeSet<_>>(),
+        (0..KEYS).map(|k| format!("k{k}")).collect::<BTreeSet<_>>(),
+        "every key passed"
+    );
+    assert_eq!(passed.len(), KEYS, "no key passed twice: {passed:?}");
+
+    // The window is a key with a TTL: once Redis has expired it, the key passes again.
+    let window_key = "sluice:kv:{d}:seen:k7";
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(window_key)
+        .query(&mut con)
+        .expect("PTTL");
+    // -2: already expired on a slow machine; -1 (no expiry) would be the bug.
+    assert!(
+        ttl != -1 && ttl <= 6000,
+        "the window key expires within window_ms: {ttl} ms"
+    );
+    sluice.wait_until("the window of k7 to expire", |_| {
+        !redis::cmd("EXISTS")
+            .arg(window_key)
+            .query::<bool>(&mut con)
+            .expect("EXISTS")
+    });
+    xadd_many(&mut con, "d:in", 1, |_| {
+        vec![("id", "k7".to_owned()), ("i", "again".to_owned())]
+    });
+    sluice.wait_until("k7 passes again", |_| xlen(&mut con, "d:out") == KEYS + 1);
+    sluice.shutdown();
+    assert_eq!(
+        xrange_all(&mut con, "d:out")
+            .last()
+            .expect("output")
+            .get("i"),
+        "again"
+    );
+}
