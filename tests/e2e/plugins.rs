@@ -379,3 +379,26 @@ fn dedup_drops_repeats_within_the_window_and_passes_them_after() {
         "again"
     );
 }
+
+/// A dedup window of zero would store nothing: the plugin refuses the config at init, and
+/// `plugin test` says why and exits non-zero.
+#[test]
+fn dedup_refuses_an_empty_window() {
+    let plugin = crate::support::plugin("dedup");
+    let mut test = Sluice::spawn([
+        std::ffi::OsStr::new("plugin"),
+        std::ffi::OsStr::new("test"),
+        plugin.as_os_str(),
+        std::ffi::OsStr::new("--config"),
+        std::ffi::OsStr::new("window_ms=0"),
+        std::ffi::OsStr::new("--field"),
+        std::ffi::OsStr::new("id=1"),
+    ]);
+    let status = test.wait_exit(crate::support::PATIENCE);
+    assert!(!status.success(), "plugin test accepted window_ms = 0");
+    let log = test.log();
+    assert!(
+        log.contains("window_ms must be at least 1"),
+        "the reason: {log}"
+    );
+}
