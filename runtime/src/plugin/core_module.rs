@@ -42,15 +42,25 @@ pub fn componentize(module: &[u8]) -> Result<Vec<u8>> {
     let world = resolve.select_world(&[package], Some("processor"))?;
     let mut module = module.to_vec();
     embed_component_metadata(&mut module, &resolve, world, StringEncoding::UTF8)?;
-    let component = ComponentEncoder::default()
+    let encoded = ComponentEncoder::default()
         .validate(true)
         .module(&module)
-        .and_then(|mut encoder| encoder.encode())
-        .map_err(|e| anyhow::anyhow!("{}", first_line(&format!("{e:#}"))))
-        .context(
-            "it is a core module but does not implement the sluice:processor world through the canonical ABI \
-             (exports `init`, `process`, `memory` and `cabi_realloc`; see sdk/README.md)",
-        )?;
+        .and_then(|mut encoder| encoder.encode());
+    let component = match encoded {
+        Ok(component) => component,
+        // C's stdio and files pull in WASI preview 1, which a core module is not given.
+        Err(e) if format!("{e:#}").contains("wasi_snapshot_preview1") => anyhow::bail!(
+            "it is a core module that imports WASI preview 1 (`wasi_snapshot_preview1`, e.g. through \
+             printf or fopen), which core-module plugins are not given; write to the runtime's log \
+             with the `log` import instead (sluice_log in C; see sdk/README.md)"
+        ),
+        Err(e) => {
+            return Err(anyhow::anyhow!("{}", first_line(&format!("{e:#}")))).context(
+                "it is a core module but does not implement the sluice:processor world through the canonical ABI \
+                 (exports `init`, `process`, `memory` and `cabi_realloc`; see sdk/README.md)",
+            );
+        }
+    };
     Ok(component)
 }
 
@@ -72,6 +82,14 @@ mod tests {
         assert!(is_core_module(b"\0asm\x01\0\0\0"));
         assert!(!is_core_module(b"\0asm\x0d\0\x01\0"));
         assert!(!is_core_module(b"(module)"));
+    }
+
+    #[test]
+    fn names_wasi_preview1_as_what_is_missing() {
+        // (module (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32))))
+        let module = b"\0asm\x01\0\0\0\x01\x09\x01\x60\x04\x7f\x7f\x7f\x7f\x01\x7f\x02\x23\x01\x16wasi_snapshot_preview1\x08fd_write\x00\x00";
+        let text = format!("{:#}", componentize(module).unwrap_err());
+        assert!(text.contains("imports WASI preview 1"), "{text}");
     }
 
     #[test]
