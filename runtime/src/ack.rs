@@ -40,7 +40,7 @@ pub struct Routed {
 
 impl Routed {
     /// Sorts the records of `outcomes` (one per message) by destination. A
-    /// record naming an unknown sink fails its whole message.
+    /// record naming an unknown sink dead-letters its whole message.
     pub fn new(outcomes: Vec<Outcome>, sinks: &Sinks) -> Self {
         let n = outcomes.len();
         let mut routed = Routed {
@@ -63,7 +63,12 @@ impl Routed {
                                 targets.push((first, record));
                             }
                             Err(why) => {
-                                routed.failures[i] = Some(Failure::retry(FailureClass::Route, why));
+                                // A bug in the plugin or the pipeline file: another
+                                // delivery would fail the same way, so dead-letter now.
+                                routed.failures[i] = Some(Failure {
+                                    kind: FailureKind::DeadLetter,
+                                    ..Failure::retry(FailureClass::Route, why)
+                                });
                                 break;
                             }
                         }

@@ -594,3 +594,67 @@ fn stream_sink_with_id_field_keeps_ids_and_skips_what_is_already_there() {
     let got: Vec<_> = copy.into_iter().map(|e| (e.id, e.fields)).collect();
     assert_eq!(got, want, "ids kept, `src` not written, nothing twice");
 }
+
+#[test]
+fn a_record_for_a_sink_that_does_not_exist_is_dead_lettered_at_once() {
+    let redis = RedisServer::new();
+    let mut con = redis.conn();
+    // Every fifth message names a sink the pipeline lacks: a bug in the plugin or the file,
+    // so retrying cannot help. Reclaim is quick and deliveries many, so a retry would show.
+    let misrouted = |i: usize| i.is_multiple_of(5);
+    let ids = xadd_many(&mut con, IN, 50, |i| {
+        let mut fields = numbered(i);
+        if misrouted(i) {
+            fields.push(("action", "route:nowhere".to_string()));
+        }
+        fields
+    });
+    let pipeline = pipeline(
+        &redis,
+        "claim_idle_ms = 200\nmax_deliveries = 5",
+        Some(("faults", "")),
+        r#"[[sink]]
+name = "a"
+type = "stream"
+stream = "out:a"
+
+[[sink]]
+name = "b"
+type = "stream"
+stream = "out:b"
+"#,
+    );
+    let bad: Vec<&String> = ids
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| misrouted(*i))
+        .map(|(_, id)| id)
+        .collect();
+
+    let mut sluice = Sluice::run(pipeline.path());
+    wait_all_acked(
+        &mut con,
+        &mut sluice,
+        "the well-routed records written",
+        || {
+            let mut c = redis.conn();
+            xlen(&mut c, "out:a") == 50 - bad.len() && xlen(&mut c, "in:dead") == bad.len()
+        },
+    );
+    sluice.shutdown();
+
+    let dead = xrange_all(&mut con, "in:dead");
+    let dead_ids: Vec<&str> = dead.iter().map(|e| e.get("sluice.id")).collect();
+    assert_eq!(dead_ids, bad.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    for entry in &dead {
+        // Dead-lettered on the first delivery, not after max_deliveries retries.
+        assert_eq!(entry.get("sluice.deliveries"), "1", "{entry:?}");
+        assert_eq!(entry.get("sluice.error_class"), "route", "{entry:?}");
+        let error = entry.get("sluice.error");
+        assert!(
+            error.contains("`nowhere`") && error.contains("sinks: a, b"),
+            "the reason names the missing sink and the sinks there are: {error}"
+        );
+    }
+    assert_eq!(xlen(&mut con, "out:b"), 0);
+}
