@@ -18,6 +18,34 @@ const SOURCE_TYPE: &str = "source_type";
 /// Entries read per round trip.
 const CHUNK: usize = 500;
 
+/// Checks that `stream` (on the Redis at `url`, for messages) is a
+/// dead-letter stream and returns how many entries it holds. A missing key,
+/// another type, or entries without the `sluice.` fields are errors, so a
+/// mistyped name is not reported as "no dead letters".
+pub async fn check(conn: &mut MultiplexedConnection, stream: &str, url: &str) -> Result<usize> {
+    let kind: String = redis::cmd("TYPE").arg(stream).query_async(conn).await?;
+    match kind.as_str() {
+        "stream" => {}
+        "none" => anyhow::bail!(
+            "no stream `{stream}` on {}: nothing was dead-lettered there, or the name is wrong \
+             (a pipeline's dead letters go to its `dead_letter`, default `<stream>:dead`)",
+            crate::conn::redact(url)
+        ),
+        other => anyhow::bail!("`{stream}` is a {other}, not a dead-letter stream"),
+    }
+    let len: usize = redis::cmd("XLEN").arg(stream).query_async(conn).await?;
+    if let Some(first) = range(conn, stream, "-", "+", 1).await?.first()
+        && original_fields(first).len() == first.fields.len()
+    {
+        anyhow::bail!(
+            "`{stream}` is not a dead-letter stream: its entry {} has no `{DEAD_LETTER_PREFIX}` \
+             fields (a pipeline's dead letters go to its `dead_letter`, default `<stream>:dead`)",
+            first.id
+        );
+    }
+    Ok(len)
+}
+
 /// Prints up to `count` dead letters of `stream`, oldest first.
 pub async fn list(
     conn: &mut MultiplexedConnection,

@@ -47,20 +47,28 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         http: Option<std::net::SocketAddr>,
     },
-    /// Check pipeline files (and compile their plugins) without running them.
+    /// Check pipeline files (and compile their plugins) without running
+    /// them, and show which Redis each pipeline would use.
     Validate {
         /// Pipeline files, or folders of them (*.toml).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
-        /// Also check stream pipelines against this Redis (files that name
-        /// their own use that): warn when a group does not exist yet and
-        /// its start would skip entries or other groups hold a backlog.
-        #[arg(long, value_name = "URL")]
+        /// The Redis `run --redis` would be given: pipelines that name none use it.
+        /// Default: $SLUICE_REDIS_URL, then redis://127.0.0.1:6379. When given,
+        /// stream pipelines are also checked against Redis: a warning when a
+        /// group does not exist yet and its start would skip entries, or other
+        /// groups hold a backlog.
+        #[arg(long, value_name = "URL|embedded")]
         redis: Option<String>,
     },
-    /// Show every consumer group on a Redis: lag, pending, oldest pending
-    /// entry, consumers and their idle time, dead letters.
+    /// Show what is waiting and in flight: every consumer group on a Redis
+    /// (lag, pending, oldest pending entry, consumers and their idle time,
+    /// dead letters) and the list queues sluice consumes. Given pipeline
+    /// files, show exactly their pipelines, pub/sub ones included.
     Status {
+        /// Pipeline files, or folders of them (*.toml): report these pipelines,
+        /// each on its own Redis.
+        paths: Vec<PathBuf>,
         /// Redis URL. Default: $SLUICE_REDIS_URL, then redis://127.0.0.1:6379.
         #[arg(long, value_name = "URL")]
         redis: Option<String>,
@@ -150,10 +158,14 @@ enum DlqAction {
         #[arg(long, num_args = 1..)]
         ids: Vec<String>,
     },
-    /// Delete every entry of the dead-letter stream.
+    /// Delete every entry of the dead-letter stream. Asks first on a
+    /// terminal; elsewhere needs `--yes`.
     Purge {
         /// The dead-letter stream.
         stream: String,
+        /// Do not ask: delete.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -180,7 +192,7 @@ fn main() -> ExitCode {
             } => run(paths, redis, !no_watch, http).await,
             Command::Validate { paths, redis } => validate(paths, redis).await,
             Command::Dlq { action, redis } => dlq(action, redis).await,
-            Command::Status { redis } => status(redis).await,
+            Command::Status { paths, redis } => status(paths, redis).await,
             Command::Plugin {
                 action:
                     PluginAction::Test {
@@ -204,10 +216,24 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", report(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, like `{:#}`, but each text once:
+/// a Redis server error displays its reply and then returns that same
+/// reply as its cause.
+fn report(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !parts.iter().any(|part| part.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
 }
 
 fn init_logging() {
@@ -228,6 +254,8 @@ async fn run(
     watch: bool,
     http: Option<std::net::SocketAddr>,
 ) -> Result<ExitCode> {
+    // The same message as `validate`, before anything starts.
+    pipeline_files(&paths)?;
     let mut embedded = None;
     let default_url = match redis.as_deref() {
         Some("embedded") => {
@@ -287,9 +315,10 @@ async fn on_signal(cancel: CancellationToken) {
     std::process::exit(130);
 }
 
-async fn validate(paths: Vec<PathBuf>, redis: Option<String>) -> Result<ExitCode> {
-    let engine = Engine::new(sluice::plugin::default_cache_dir())?;
-    let files = sluice::config::pipeline_files(&paths)?;
+/// The pipeline files in `paths`; an error if there are none, so that a
+/// wrong folder is not mistaken for an idle one.
+fn pipeline_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let files = sluice::config::pipeline_files(paths)?;
     if files.is_empty() {
         anyhow::bail!(
             "no pipeline files (*.toml) in {}",
@@ -300,11 +329,33 @@ async fn validate(paths: Vec<PathBuf>, redis: Option<String>) -> Result<ExitCode
                 .join(", ")
         );
     }
+    Ok(files)
+}
+
+async fn validate(paths: Vec<PathBuf>, redis: Option<String>) -> Result<ExitCode> {
+    let engine = Engine::new(sluice::plugin::default_cache_dir())?;
+    let files = pipeline_files(&paths)?;
     let (valid, errors) =
         tokio::task::spawn_blocking(move || supervisor::load_all(&files, &engine)).await?;
+    // Only a Redis named on the command line is checked: validate needs none.
+    let check_against = redis.clone().filter(|url| url != "embedded");
+    let fallback = RedisChoice::resolve(redis);
+    let mut on_fallback = 0;
     for p in &valid {
         println!("ok: {} ({})", p.file.display(), p.name);
-        if let Some(url) = &redis {
+        println!("    redis: {}", fallback.describe(p.redis_url.as_deref()));
+        if p.redis_url.is_none() && fallback.is_fallback() {
+            on_fallback += 1;
+        }
+        for sink in p.sinks.iter().filter(|s| s.url.is_some()) {
+            let url = sink.url.as_deref().unwrap_or_default();
+            println!(
+                "    sink `{}` redis: {} (from its url)",
+                sluice::config::Pipeline::sink_name(sink),
+                sluice::conn::redact(url)
+            );
+        }
+        if let Some(url) = check_against.as_deref() {
             let warnings = sluice::backlog::check_new_groups(p, url)
                 .await
                 .unwrap_or_else(|e| vec![format!("{e:#}")]);
@@ -312,6 +363,12 @@ async fn validate(paths: Vec<PathBuf>, redis: Option<String>) -> Result<ExitCode
                 eprintln!("warning: {} ({}): {w}", p.file.display(), p.name);
             }
         }
+    }
+    if on_fallback > 0 {
+        eprintln!(
+            "note: {on_fallback} pipeline(s) would use {DEFAULT_REDIS_URL}, which may be \
+             someone else's Redis; name yours with [redis] url, --redis or $SLUICE_REDIS_URL"
+        );
     }
     for e in &errors {
         eprintln!("error: {e}");
@@ -323,10 +380,51 @@ async fn validate(paths: Vec<PathBuf>, redis: Option<String>) -> Result<ExitCode
     })
 }
 
+/// The Redis a pipeline without `[redis] url` uses, and where that came from.
+struct RedisChoice {
+    url: String,
+    origin: &'static str,
+}
+
+impl RedisChoice {
+    /// `--redis`, else $SLUICE_REDIS_URL, else the local default: as `run` decides.
+    fn resolve(flag: Option<String>) -> Self {
+        match (flag, std::env::var("SLUICE_REDIS_URL").ok()) {
+            (Some(url), _) => RedisChoice {
+                url,
+                origin: "from --redis",
+            },
+            (None, Some(url)) => RedisChoice {
+                url,
+                origin: "from $SLUICE_REDIS_URL",
+            },
+            (None, None) => RedisChoice {
+                url: DEFAULT_REDIS_URL.to_string(),
+                origin: "the fallback: no [redis] url, --redis or $SLUICE_REDIS_URL",
+            },
+        }
+    }
+
+    /// Whether no one named a Redis, so the local default applies.
+    fn is_fallback(&self) -> bool {
+        self.origin.starts_with("the fallback")
+    }
+
+    /// Which Redis a pipeline whose file says `file_url` uses, and why.
+    fn describe(&self, file_url: Option<&str>) -> String {
+        match (file_url, self.url.as_str()) {
+            (Some(url), _) => format!("{} (from [redis] url)", sluice::conn::redact(url)),
+            (None, "embedded") => {
+                "embedded (a private redis-server `sluice run` starts)".to_string()
+            }
+            (None, url) => format!("{} ({})", sluice::conn::redact(url), self.origin),
+        }
+    }
+}
+
 /// `--redis`, else $SLUICE_REDIS_URL, else the local default.
 fn default_redis_url(flag: Option<String>) -> String {
-    flag.or_else(|| std::env::var("SLUICE_REDIS_URL").ok())
-        .unwrap_or_else(|| DEFAULT_REDIS_URL.to_string())
+    RedisChoice::resolve(flag).url
 }
 
 async fn connect(redis: Option<String>) -> Result<redis::aio::MultiplexedConnection> {
@@ -338,10 +436,31 @@ async fn connect(redis: Option<String>) -> Result<redis::aio::MultiplexedConnect
         .map_err(|e| anyhow::anyhow!("cannot reach Redis at {}: {e}", sluice::conn::redact(&url)))
 }
 
-async fn status(redis: Option<String>) -> Result<ExitCode> {
-    let mut conn = connect(redis).await?;
-    let groups = sluice::status::collect(&mut conn).await?;
-    sluice::status::print(&groups, &mut std::io::stdout().lock())?;
+async fn status(paths: Vec<PathBuf>, redis: Option<String>) -> Result<ExitCode> {
+    let rows = if paths.is_empty() {
+        let mut conn = connect(redis).await?;
+        let rows = sluice::status::collect(&mut conn).await?;
+        eprintln!(
+            "pub/sub pipelines keep nothing in Redis: `sluice status PIPELINES...` includes them"
+        );
+        rows
+    } else {
+        // Plugins are not compiled: status needs only where each pipeline reads.
+        let mut pipelines = Vec::new();
+        for file in pipeline_files(&paths)? {
+            match sluice::config::load_file(&file, &|_| Ok(())) {
+                Ok(p) => pipelines.push(p),
+                Err(errors) => {
+                    for e in errors {
+                        eprintln!("error: {e}");
+                    }
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+        sluice::status::collect_pipelines(&pipelines, &default_redis_url(redis)).await?
+    };
+    sluice::status::print(&rows, &mut std::io::stdout().lock())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -405,21 +524,57 @@ async fn pending(
 }
 
 async fn dlq(action: DlqAction, redis: Option<String>) -> Result<ExitCode> {
+    let url = default_redis_url(redis.clone());
     let mut conn = connect(redis).await?;
     match action {
         DlqAction::List { stream, count } => {
+            sluice::dlq::check(&mut conn, &stream, &url).await?;
             let n =
                 sluice::dlq::list(&mut conn, &stream, count, &mut std::io::stdout().lock()).await?;
-            eprintln!("{n} dead letters shown from {stream}");
+            eprintln!("{} shown from {stream}", dead_letters(n));
         }
         DlqAction::Replay { stream, to, ids } => {
             let n = sluice::dlq::replay(&mut conn, &stream, to.as_deref(), &ids).await?;
-            println!("replayed {n} dead letters from {stream}");
+            println!("replayed {} from {stream}", dead_letters(n));
         }
-        DlqAction::Purge { stream } => {
+        DlqAction::Purge { stream, yes } => {
+            let n = sluice::dlq::check(&mut conn, &stream, &url).await?;
+            if n == 0 {
+                println!("no dead letters in {stream}: nothing to purge");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let question = format!(
+                "delete {} from {stream} on {}?",
+                dead_letters(n),
+                sluice::conn::redact(&url)
+            );
+            if !yes && !confirm(&question)? {
+                eprintln!("nothing deleted");
+                return Ok(ExitCode::FAILURE);
+            }
             let n = sluice::dlq::purge(&mut conn, &stream).await?;
-            println!("purged {n} dead letters from {stream}");
+            println!("purged {} from {stream}", dead_letters(n));
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// "1 dead letter", "2 dead letters".
+fn dead_letters(n: usize) -> String {
+    format!("{n} dead letter{}", if n == 1 { "" } else { "s" })
+}
+
+/// Asks `question` on the terminal; without one (a script, CI) there is
+/// nobody to ask, so the caller must have said `--yes`.
+fn confirm(question: &str) -> Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        anyhow::bail!("{question} Not without confirmation: pass --yes (stdin is not a terminal)");
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    stdin.lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
 }

@@ -16,7 +16,7 @@ pub async fn list(
     older_than_ms: u64,
     count: usize,
 ) -> Result<Vec<Entry>> {
-    Ok(redis::cmd("XPENDING")
+    let reply = redis::cmd("XPENDING")
         .arg(stream)
         .arg(group)
         .arg("IDLE")
@@ -25,7 +25,46 @@ pub async fn list(
         .arg("+")
         .arg(count)
         .query_async(conn)
-        .await?)
+        .await;
+    match reply {
+        Err(e) if e.code() == Some("NOGROUP") => Err(no_group(conn, stream, group).await),
+        other => Ok(other?),
+    }
+}
+
+/// Says what is there instead of a group that is not: the stream's groups,
+/// or that the stream itself is missing.
+async fn no_group(conn: &mut MultiplexedConnection, stream: &str, group: &str) -> anyhow::Error {
+    let groups: redis::RedisResult<Vec<std::collections::HashMap<String, redis::Value>>> =
+        redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(stream)
+            .query_async(conn)
+            .await;
+    let names: Vec<String> = groups
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|g| match g.get("name") {
+            Some(redis::Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+            Some(redis::Value::SimpleString(s)) => Some(s.clone()),
+            _ => None,
+        })
+        .collect();
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(stream)
+        .query_async(conn)
+        .await
+        .unwrap_or(true);
+    if !exists {
+        anyhow::anyhow!("no stream `{stream}` (so no consumer group `{group}` on it)")
+    } else if names.is_empty() {
+        anyhow::anyhow!("stream `{stream}` has no consumer groups (asked for `{group}`)")
+    } else {
+        anyhow::anyhow!(
+            "no consumer group `{group}` on stream `{stream}`; its groups: {}",
+            names.join(", ")
+        )
+    }
 }
 
 /// Prints entries as a table.

@@ -1,142 +1,390 @@
-//! `sluice status`: every consumer group of every stream on a Redis, with
+//! `sluice status`: what is waiting and what is in flight, per source, with
 //! what operators ask for: lag, pending, the age of the oldest pending
 //! entry, consumers and their idle time, and the dead-letter backlog.
+//!
+//! Without pipeline files it reports what a Redis shows by itself: every
+//! consumer group of every stream, and every list queue that sluice
+//! consumers hold (found by their heartbeat and processing-list keys).
+//! Pub/sub leaves nothing in Redis, so pub/sub pipelines are reported only
+//! from their pipeline files ([`collect_pipelines`]).
 
+use crate::config::{Pipeline, SourceType};
 use crate::message::stream_id_ms;
+use crate::source::list::Keys;
 use anyhow::Result;
 use redis::Value;
 use redis::aio::MultiplexedConnection;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// One consumer group, as reported.
+/// One source as reported: a stream's consumer group, a list queue, or a
+/// pub/sub pipeline's channels.
 #[derive(Debug, Default)]
-pub struct GroupStatus {
-    /// Stream key.
-    pub stream: String,
-    /// Group name.
-    pub group: String,
-    /// Entries not yet delivered to the group (Redis 7 `lag`; None if unknown).
+pub struct Row {
+    /// The pipeline, when known from its file.
+    pub pipeline: Option<String>,
+    /// `stream`, `list` or `pubsub`.
+    pub kind: &'static str,
+    /// Stream key, list key, or the channels and patterns.
+    pub source: String,
+    /// Consumer group (streams only).
+    pub group: Option<String>,
+    /// Not yet delivered: the group's lag (Redis 7 `lag`; None if unknown),
+    /// or the items waiting in a list.
     pub lag: Option<i64>,
-    /// Delivered but not acked.
-    pub pending: i64,
-    /// Age of the oldest pending entry, from its id, in ms.
+    /// Delivered but not settled: pending entries, or items in processing
+    /// lists. None for pub/sub, which keeps nothing.
+    pub pending: Option<i64>,
+    /// Age of the oldest pending entry, from its id, in ms (streams).
     pub oldest_pending_ms: Option<u64>,
-    /// Consumers, with how long each has been idle (ms).
-    pub consumers: Vec<(String, i64)>,
-    /// Length of `<stream>:dead`, if it exists.
+    /// How many consume it: group consumers, live list consumers, or
+    /// subscribers to the channels (any client, not only sluice).
+    pub consumer_count: usize,
+    /// Consumers by name, with what is known of them (idle time).
+    pub consumers: Vec<(String, String)>,
+    /// Length of the dead-letter stream, if it exists.
     pub dead_letters: Option<i64>,
 }
 
-/// Collects the status of every group on every stream.
-pub async fn collect(conn: &mut MultiplexedConnection) -> Result<Vec<GroupStatus>> {
-    let mut streams: Vec<String> = Vec::new();
+/// What a Redis shows by itself: every group on every stream, and the list
+/// queues sluice consumers hold.
+pub async fn collect(conn: &mut MultiplexedConnection) -> Result<Vec<Row>> {
+    let streams = scan(conn, &["TYPE", "stream"]).await?;
+    let mut out = Vec::new();
+    for stream in &streams {
+        let dead = format!("{stream}:dead");
+        let dead = streams.contains(&dead).then_some(dead);
+        out.extend(stream_groups(conn, stream, None, dead.as_deref()).await?);
+    }
+    let mut lists = BTreeSet::new();
+    for pattern in ["*:consumer:*", "*:processing:*"] {
+        for key in scan(conn, &["MATCH", pattern]).await? {
+            if let Some(list) = list_of(&key) {
+                lists.insert(list);
+            }
+        }
+    }
+    for list in lists {
+        let dead = format!("{list}:dead");
+        out.push(list_queue(conn, &list, &dead).await?);
+    }
+    Ok(out)
+}
+
+/// The sources of `pipelines`, each read on its own Redis (`default_url`
+/// for pipelines that name none).
+pub async fn collect_pipelines(pipelines: &[Pipeline], default_url: &str) -> Result<Vec<Row>> {
+    let mut out = Vec::new();
+    for p in pipelines {
+        let url = p.redis_url.as_deref().unwrap_or(default_url);
+        let client = crate::conn::client(url)?;
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "pipeline `{}`: cannot reach Redis at {}: {e}",
+                    p.name,
+                    crate::conn::redact(url)
+                )
+            })?;
+        let mut rows = match p.source.kind {
+            SourceType::Stream => {
+                let mut rows = Vec::new();
+                for stream in p.streams() {
+                    let dead = p.dead_letter_for(stream);
+                    let groups = stream_groups(&mut conn, stream, Some(p.group()), Some(&dead));
+                    let mut found = groups.await?;
+                    if found.is_empty() {
+                        // Not started yet: say so rather than leave the pipeline out.
+                        found.push(Row {
+                            kind: "stream",
+                            source: stream.clone(),
+                            group: Some(format!("{} (not created yet)", p.group())),
+                            dead_letters: xlen(&mut conn, &dead).await?,
+                            ..Row::default()
+                        });
+                    }
+                    rows.extend(found);
+                }
+                rows
+            }
+            SourceType::List => {
+                let list = p.source.list.as_deref().unwrap_or_default();
+                vec![list_queue(&mut conn, list, p.dead_letter()).await?]
+            }
+            SourceType::Pubsub => vec![pubsub(&mut conn, p).await?],
+        };
+        for row in &mut rows {
+            row.pipeline = Some(p.name.clone());
+        }
+        out.extend(rows);
+    }
+    Ok(out)
+}
+
+/// Every key the SCAN `filter` (`TYPE t` or `MATCH p`) finds, sorted.
+async fn scan(conn: &mut MultiplexedConnection, filter: &[&str]) -> Result<Vec<String>> {
+    let mut keys: Vec<String> = Vec::new();
     let mut cursor: u64 = 0;
     loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
             .arg(cursor)
-            .arg("TYPE")
-            .arg("stream")
+            .arg(filter)
             .arg("COUNT")
             .arg(1000)
             .query_async(conn)
             .await?;
-        streams.extend(keys);
+        keys.extend(batch);
         if next == 0 {
             break;
         }
         cursor = next;
     }
-    streams.sort();
+    keys.sort();
+    keys.dedup();
+    Ok(keys)
+}
+
+/// The queue a list consumer's key belongs to: `{jobs}:consumer:c` -> `jobs`
+/// (see [`Keys`]); a queue that has a hash tag of its own keeps it.
+fn list_of(key: &str) -> Option<String> {
+    let prefix = [":consumer:", ":processing:"]
+        .iter()
+        .find_map(|marker| key.rfind(marker).map(|at| &key[..at]))?;
+    let list = match prefix.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+        Some(inner) if !inner.contains(['{', '}']) => inner,
+        _ => prefix,
+    };
+    // Only keys that are really this queue's: sluice would have named them so.
+    (Keys::new(list).heartbeat("x") == format!("{prefix}:consumer:x")).then(|| list.to_string())
+}
+
+/// The groups of `stream` (only `only`, if given), with `dead` as their
+/// dead-letter stream.
+async fn stream_groups(
+    conn: &mut MultiplexedConnection,
+    stream: &str,
+    only: Option<&str>,
+    dead: Option<&str>,
+) -> Result<Vec<Row>> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
+    let exists: bool = redis::cmd("EXISTS").arg(stream).query_async(conn).await?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let groups: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(stream)
+        .query_async(conn)
+        .await?;
+    let dead_letters = match dead {
+        Some(dead) => xlen(conn, dead).await?,
+        None => None,
+    };
     let mut out = Vec::new();
-    for stream in &streams {
-        let groups: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
-            .arg("GROUPS")
+    for g in groups {
+        let group = text(g.get("name"));
+        if only.is_some_and(|only| only != group) {
+            continue;
+        }
+        let consumers: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
             .arg(stream)
+            .arg(&group)
             .query_async(conn)
             .await?;
-        for g in groups {
-            let group = text(g.get("name"));
-            let consumers: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
-                .arg("CONSUMERS")
-                .arg(stream)
-                .arg(&group)
-                .query_async(conn)
-                .await?;
-            let (pending, oldest): (i64, Option<String>) = {
-                let summary: Value = redis::cmd("XPENDING")
-                    .arg(stream)
-                    .arg(&group)
-                    .query_async(conn)
-                    .await?;
-                match summary {
-                    Value::Array(parts) if parts.len() >= 2 => (
-                        int(parts.first()).unwrap_or(0),
-                        Some(text(parts.get(1))).filter(|s| !s.is_empty()),
-                    ),
-                    _ => (0, None),
-                }
-            };
-            let dead = format!("{stream}:dead");
-            let dead_letters = if streams.contains(&dead) {
-                Some(redis::cmd("XLEN").arg(&dead).query_async(conn).await?)
-            } else {
-                None
-            };
-            out.push(GroupStatus {
-                stream: stream.clone(),
-                lag: int(g.get("lag")),
-                pending,
-                oldest_pending_ms: oldest.map(|id| now.saturating_sub(stream_id_ms(&id))),
-                consumers: consumers
-                    .iter()
-                    .map(|c| (text(c.get("name")), int(c.get("idle")).unwrap_or(0)))
-                    .collect(),
-                dead_letters,
-                group,
-            });
-        }
+        let summary: Value = redis::cmd("XPENDING")
+            .arg(stream)
+            .arg(&group)
+            .query_async(conn)
+            .await?;
+        let (pending, oldest) = match summary {
+            Value::Array(parts) if parts.len() >= 2 => (
+                int(parts.first()).unwrap_or(0),
+                Some(text(parts.get(1))).filter(|s| !s.is_empty()),
+            ),
+            _ => (0, None),
+        };
+        out.push(Row {
+            kind: "stream",
+            source: stream.to_string(),
+            lag: int(g.get("lag")),
+            pending: Some(pending),
+            oldest_pending_ms: oldest.map(|id| now.saturating_sub(stream_id_ms(&id))),
+            consumer_count: consumers.len(),
+            consumers: consumers
+                .iter()
+                .map(|c| {
+                    let idle = int(c.get("idle")).unwrap_or(0);
+                    (text(c.get("name")), format!("idle {}", seconds(idle)))
+                })
+                .collect(),
+            dead_letters,
+            group: Some(group),
+            ..Row::default()
+        });
     }
     Ok(out)
 }
 
-/// Prints `groups` as a table.
-pub fn print(groups: &[GroupStatus], out: &mut impl Write) -> std::io::Result<()> {
-    writeln!(
-        out,
-        "{:<28} {:<20} {:>8} {:>8} {:>12} {:>9} {:>12}",
-        "STREAM", "GROUP", "LAG", "PENDING", "OLDEST", "CONSUMERS", "DEAD"
-    )?;
-    for g in groups {
-        let opt = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
-        let oldest = g
-            .oldest_pending_ms
-            .map_or("-".to_string(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
-        writeln!(
-            out,
-            "{:<28} {:<20} {:>8} {:>8} {:>12} {:>9} {:>12}",
-            g.stream,
-            g.group,
-            opt(g.lag),
-            g.pending,
-            oldest,
-            g.consumers.len(),
-            opt(g.dead_letters)
-        )?;
-        for (name, idle) in &g.consumers {
-            writeln!(
-                out,
-                "    consumer {name}  idle {:.1}s",
-                *idle as f64 / 1000.0
-            )?;
+/// A list queue: items waiting, items held by consumers, live consumers.
+async fn list_queue(conn: &mut MultiplexedConnection, list: &str, dead: &str) -> Result<Row> {
+    let keys = Keys::new(list);
+    let waiting: i64 = redis::cmd("LLEN").arg(list).query_async(conn).await?;
+    let held_prefix = keys.processing("");
+    let mut pending = 0;
+    for key in scan(conn, &["MATCH", &format!("{}*", glob_escape(&held_prefix))]).await? {
+        let n: i64 = redis::cmd("LLEN").arg(&key).query_async(conn).await?;
+        pending += n;
+    }
+    let live_prefix = keys.heartbeat("");
+    let consumers: Vec<(String, String)> =
+        scan(conn, &["MATCH", &format!("{}*", glob_escape(&live_prefix))])
+            .await?
+            .into_iter()
+            .map(|key| (key[live_prefix.len()..].to_string(), "alive".to_string()))
+            .collect();
+    Ok(Row {
+        kind: "list",
+        source: list.to_string(),
+        lag: Some(waiting),
+        pending: Some(pending),
+        consumer_count: consumers.len(),
+        consumers,
+        dead_letters: xlen(conn, dead).await?,
+        ..Row::default()
+    })
+}
+
+/// A pub/sub pipeline: its channels and patterns, and how many listen.
+async fn pubsub(conn: &mut MultiplexedConnection, p: &Pipeline) -> Result<Row> {
+    let channels = p.source.channels.clone().unwrap_or_default();
+    let patterns = p.source.patterns.clone().unwrap_or_default();
+    let mut subscribers = 0;
+    if !channels.is_empty() {
+        let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&channels)
+            .query_async(conn)
+            .await?;
+        subscribers = counts.iter().map(|(_, n)| *n as usize).max().unwrap_or(0);
+    }
+    if !patterns.is_empty() {
+        // Redis counts pattern subscriptions only in total, over all patterns.
+        let n: i64 = redis::cmd("PUBSUB").arg("NUMPAT").query_async(conn).await?;
+        subscribers = subscribers.max(n as usize);
+    }
+    let source = channels
+        .iter()
+        .cloned()
+        .chain(patterns.iter().map(|p| format!("{p} (pattern)")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok(Row {
+        kind: "pubsub",
+        source,
+        consumer_count: subscribers,
+        dead_letters: xlen(conn, p.dead_letter()).await?,
+        ..Row::default()
+    })
+}
+
+/// XLEN of `stream`, None if it does not exist.
+async fn xlen(conn: &mut MultiplexedConnection, stream: &str) -> Result<Option<i64>> {
+    let exists: bool = redis::cmd("EXISTS").arg(stream).query_async(conn).await?;
+    Ok(if exists {
+        Some(redis::cmd("XLEN").arg(stream).query_async(conn).await?)
+    } else {
+        None
+    })
+}
+
+fn glob_escape(s: &str) -> String {
+    s.chars().fold(String::new(), |mut out, c| {
+        if "*?[]\\".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+        out
+    })
+}
+
+/// Prints `rows` as a table whose columns are as wide as their widest
+/// value, so long stream and group names do not push columns apart. The
+/// PIPELINE column appears when rows come from pipeline files.
+pub fn print(rows: &[Row], out: &mut impl Write) -> std::io::Result<()> {
+    let opt = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
+    let with_pipeline = rows.iter().any(|r| r.pipeline.is_some());
+    let mut table: Vec<Vec<String>> = vec![
+        [
+            "PIPELINE",
+            "TYPE",
+            "SOURCE",
+            "GROUP",
+            "LAG",
+            "PENDING",
+            "OLDEST",
+            "CONSUMERS",
+            "DEAD",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for r in rows {
+        table.push(vec![
+            r.pipeline.clone().unwrap_or_else(|| "-".into()),
+            r.kind.to_string(),
+            r.source.clone(),
+            r.group.clone().unwrap_or_else(|| "-".into()),
+            opt(r.lag),
+            opt(r.pending),
+            r.oldest_pending_ms
+                .map_or("-".to_string(), |ms| seconds(ms as i64)),
+            r.consumer_count.to_string(),
+            opt(r.dead_letters),
+        ]);
+    }
+    let skip = usize::from(!with_pipeline);
+    let widths: Vec<usize> = (0..table[0].len())
+        .map(|c| {
+            table
+                .iter()
+                .map(|row| row[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for (k, row) in table.iter().enumerate() {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate().skip(skip) {
+            let pad = widths[c] - cell.chars().count();
+            // Text columns left-aligned, numbers right-aligned.
+            if c <= 3 {
+                line.push_str(cell);
+                line.push_str(&" ".repeat(pad));
+            } else {
+                line.push_str(&" ".repeat(pad));
+                line.push_str(cell);
+            }
+            line.push_str("  ");
+        }
+        writeln!(out, "{}", line.trim_end())?;
+        if k > 0 {
+            for (name, detail) in &rows[k - 1].consumers {
+                writeln!(out, "    consumer {name}  {detail}")?;
+            }
         }
     }
     Ok(())
+}
+
+fn seconds(ms: i64) -> String {
+    format!("{:.1}s", ms as f64 / 1000.0)
 }
 
 fn text(v: Option<&Value>) -> String {
@@ -152,5 +400,49 @@ fn int(v: Option<&Value>) -> Option<i64> {
         Some(Value::Int(i)) => Some(*i),
         Some(Value::BulkString(b)) => std::str::from_utf8(b).ok()?.parse().ok(),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_keys_name_their_queue() {
+        assert_eq!(list_of("{jobs}:consumer:host-0").as_deref(), Some("jobs"));
+        assert_eq!(
+            list_of("{jobs}:processing:host-0.1").as_deref(),
+            Some("jobs")
+        );
+        assert_eq!(
+            list_of("{app}jobs:consumer:c1").as_deref(),
+            Some("{app}jobs")
+        );
+        assert_eq!(list_of("session:consumer:x"), None, "not a sluice key");
+    }
+
+    #[test]
+    fn columns_fit_the_longest_value() {
+        let row = |source: &str| Row {
+            kind: "stream",
+            source: source.into(),
+            group: Some("g".into()),
+            lag: Some(1),
+            pending: Some(22),
+            consumer_count: 1,
+            ..Row::default()
+        };
+        let mut out = Vec::new();
+        print(
+            &[
+                row("a"),
+                row("a-very-long-stream-name-that-used-to-push-columns"),
+            ],
+            &mut out,
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let at: Vec<Option<usize>> = text.lines().map(|l| l.find(" g ")).collect();
+        assert!(at.len() == 3 && at[1] == at[2] && at[1].is_some(), "{text}");
     }
 }

@@ -1140,7 +1140,7 @@ fn dlq_list_replay_and_purge_round_trip() {
         ]
     });
     sluice.wait_until("three new dead letters", |_| xlen(&mut con, DEAD) == 3);
-    let purged = Sluice::exec(["dlq", "purge", DEAD, "--redis", &url]).stdout();
+    let purged = Sluice::exec(["dlq", "purge", DEAD, "--yes", "--redis", &url]).stdout();
     assert!(
         purged.contains("purged 3"),
         "`dlq purge` says what it did: {purged}"

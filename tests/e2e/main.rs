@@ -6,6 +6,7 @@
 //!
 //! - `bytes`: every byte value in names and values, empty ones and MiB-sized ones come out
 //!   byte for byte, or are dead-lettered with the reason where they cannot.
+//! - `cli`: the inspection commands (`validate`, `status`, `dlq`, `pending`) and their errors.
 //! - `delivery`: what reaches the sink and what is acked.
 //! - `sinks`: pubsub, list, file and stdout sinks, `id_field`, routing by `to` and `route = "all"`.
 //! - `guarantees`: the delivery promises under crashes, outages, poison and runaway plugins.
@@ -31,6 +32,7 @@
 mod support;
 
 mod bytes;
+mod cli;
 mod delivery;
 mod dlq_replay;
 mod group_change;

@@ -121,7 +121,9 @@ fn validate_errors_match_snapshots() {
         }
         if is_ok_case(&case) {
             let stem = name.trim_end_matches(".toml");
-            let want_stdout = format!("ok: $DIR/{name} ({stem})\n");
+            let want_stdout = format!(
+                "ok: $DIR/{name} ({stem})\n    redis: {NOWHERE} (from $SLUICE_REDIS_URL)\n"
+            );
             if stdout != want_stdout {
                 failures.push(format!(
                     "{name}: stdout\n  got:  {stdout:?}\n  want: {want_stdout:?}"

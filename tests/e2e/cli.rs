@@ -1,0 +1,294 @@
+//! The inspection commands a newcomer types first: `validate`, `status`, `dlq`, `pending`,
+//! and `run` on a wrong folder. Mistakes get an error that names what is wrong and a non-zero
+//! exit; destructive commands ask first.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::process::Command;
+
+use crate::support::keys::{lrange_all, subscribers};
+use crate::support::pipeline::{GROUP, IN, stream_source};
+use crate::support::streams::{group_exists, xadd_many, xlen};
+use crate::support::{PATIENCE, Pipeline, RedisServer, Sluice, plugin};
+
+/// Runs `sluice ARGS...` to its end with `configure` applied; returns (exit code, stdout,
+/// stderr).
+fn finish<I, S>(args: I, configure: impl FnOnce(&mut Command)) -> (Option<i32>, String, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut sluice = Sluice::spawn_with(args, configure);
+    let status = sluice.wait_exit(PATIENCE);
+    (status.code(), sluice.stdout(), sluice.log())
+}
+
+/// No Redis from the developer's environment.
+fn no_env(command: &mut Command) {
+    command.env_remove("SLUICE_REDIS_URL");
+}
+
+/// Runs a faults pipeline on [`IN`] until `poison` messages are in `in:dead`, and stops it.
+fn dead_letters(redis: &RedisServer, poison: usize) {
+    let mut con = redis.conn();
+    xadd_many(&mut con, IN, poison + 2, |i| {
+        let action = if i < poison { "poison" } else { "ok" };
+        vec![("i", i.to_string()), ("action", action.to_string())]
+    });
+    let pipeline = Pipeline::write(
+        "cli",
+        &format!(
+            "{}\n[[processor]]\nplugin = '{}'\n\n[[sink]]\ntype = \"stream\"\nstream = \"out\"\n",
+            stream_source(redis, ""),
+            plugin("faults").display()
+        ),
+    );
+    let mut sluice = Sluice::run(pipeline.path());
+    sluice.wait_until(&format!("{poison} dead letters and 2 outputs"), |_| {
+        xlen(&mut con, "in:dead") == poison && xlen(&mut con, "out") == 2
+    });
+    sluice.shutdown();
+}
+
+#[test]
+fn dlq_list_on_a_missing_stream_fails_and_names_it() {
+    let redis = RedisServer::new();
+    let (code, stdout, stderr) = finish(
+        ["dlq", "list", "orders:dead", "--redis", &redis.url()],
+        |_| {},
+    );
+    assert_eq!(code, Some(1), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        stderr.contains("no stream `orders:dead`") && stderr.contains(&redis.url()),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn dlq_list_on_a_stream_that_is_not_a_dead_letter_stream_says_so() {
+    let redis = RedisServer::new();
+    let mut con = redis.conn();
+    xadd_many(&mut con, "orders", 2, |i| vec![("i", i.to_string())]);
+    let (code, stdout, stderr) = finish(["dlq", "list", "orders", "--redis", &redis.url()], |_| {});
+    assert_eq!(code, Some(1), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        stderr.contains("`orders` is not a dead-letter stream"),
+        "{stderr}"
+    );
+    assert!(stdout.is_empty(), "no empty fields printed: {stdout}");
+}
+
+#[test]
+fn dlq_purge_asks_for_yes_without_a_terminal() {
+    let redis = RedisServer::new();
+    let mut con = redis.conn();
+    dead_letters(&redis, 1);
+    let url = redis.url();
+
+    let listed = Sluice::exec(["dlq", "list", "in:dead", "--redis", &url]);
+    assert!(
+        listed.log().contains("1 dead letter shown from in:dead"),
+        "{}",
+        listed.log()
+    );
+
+    // stdin is not a terminal here: nobody to ask, so nothing is deleted.
+    let (code, _, stderr) = finish(["dlq", "purge", "in:dead", "--redis", &url], |_| {});
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("--yes"), "{stderr}");
+    assert_eq!(xlen(&mut con, "in:dead"), 1, "purge without --yes kept it");
+
+    let purged = Sluice::exec(["dlq", "purge", "in:dead", "--yes", "--redis", &url]).stdout();
+    assert!(
+        purged.contains("purged 1 dead letter from in:dead"),
+        "{purged}"
+    );
+    assert_eq!(xlen(&mut con, "in:dead"), 0);
+
+    // Purging a stream that is not one of dead letters is refused, even with --yes.
+    xadd_many(&mut con, "orders", 1, |i| vec![("i", i.to_string())]);
+    let (code, _, stderr) = finish(["dlq", "purge", "orders", "--yes", "--redis", &url], |_| {});
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(xlen(&mut con, "orders"), 1);
+}
+
+#[test]
+fn pending_with_a_wrong_group_names_the_groups_once() {
+    let redis = RedisServer::new();
+    let mut con = redis.conn();
+    xadd_many(&mut con, IN, 1, |i| vec![("i", i.to_string())]);
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(IN)
+        .arg(GROUP)
+        .arg("0")
+        .query::<()>(&mut con)
+        .expect("XGROUP CREATE");
+    assert!(group_exists(&mut con, IN, GROUP));
+
+    let (code, _, stderr) = finish(["pending", IN, "wrong", "--redis", &redis.url()], |_| {});
+    assert_eq!(code, Some(1), "{stderr}");
+    let error = format!("no consumer group `wrong` on stream `{IN}`; its groups: {GROUP}");
+    assert_eq!(stderr.matches(&error).count(), 1, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+
+    let (code, _, stderr) = finish(["pending", "nope", "g", "--redis", &redis.url()], |_| {});
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("no stream `nope`"), "{stderr}");
+}
+
+#[test]
+fn run_on_an_empty_folder_says_what_validate_says() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (code, _, validate) = finish([OsStr::new("validate"), dir.path().as_os_str()], no_env);
+    assert_eq!(code, Some(1), "{validate}");
+    let want = format!(
+        "error: no pipeline files (*.toml) in {}\n",
+        dir.path().display()
+    );
+    assert_eq!(validate, want);
+
+    let (code, _, run) = finish(
+        [
+            OsStr::new("run"),
+            dir.path().as_os_str(),
+            OsStr::new("--no-watch"),
+        ],
+        no_env,
+    );
+    assert_eq!(code, Some(1), "{run}");
+    assert_eq!(run, want);
+}
+
+#[test]
+fn validate_shows_which_redis_each_pipeline_uses() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let write = |name: &str, text: &str| fs::write(dir.path().join(name), text).expect("write");
+    let pipeline = "[source]\ntype = \"stream\"\nstream = \"s\"\n\n[[sink]]\ntype = \"stdout\"\n";
+    write("a-fallback.toml", pipeline);
+    write(
+        "b-named.toml",
+        &format!("[redis]\nurl = \"redis://:hunter2@10.0.0.9:6380\"\n\n{pipeline}"),
+    );
+    let args = [OsStr::new("validate"), dir.path().as_os_str()];
+
+    let (code, stdout, stderr) = finish(args, no_env);
+    assert_eq!(code, Some(0), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert!(
+        lines[0].ends_with("a-fallback.toml (a-fallback)"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with("    redis: redis://127.0.0.1:6379 (the fallback:"),
+        "{stdout}"
+    );
+    assert_eq!(
+        lines[3],
+        "    redis: redis://***@10.0.0.9:6380 (from [redis] url)"
+    );
+    assert!(!stdout.contains("hunter2"), "the password is redacted");
+
+    let (_, stdout, _) = finish(args, |c| {
+        c.env("SLUICE_REDIS_URL", "redis://127.0.0.1:7001");
+    });
+    assert!(
+        stdout.contains("    redis: redis://127.0.0.1:7001 (from $SLUICE_REDIS_URL)"),
+        "{stdout}"
+    );
+    let (_, stdout, _) = finish(
+        [
+            OsStr::new("validate"),
+            dir.path().as_os_str(),
+            OsStr::new("--redis"),
+            OsStr::new("redis://127.0.0.1:7002"),
+        ],
+        no_env,
+    );
+    assert!(
+        stdout.contains("    redis: redis://127.0.0.1:7002 (from --redis)"),
+        "{stdout}"
+    );
+}
+
+/// The column of `header`'s last character in the table's first line.
+fn column_end(table: &str, header: &str) -> usize {
+    let first = table.lines().next().expect("a header line");
+    first.find(header).expect("the header") + header.len()
+}
+
+#[test]
+fn status_shows_stream_list_and_pubsub_pipelines_in_aligned_columns() {
+    let redis = RedisServer::new();
+    let mut con = redis.conn();
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let url = redis.url();
+    let long = "a-stream-with-a-name-much-longer-than-the-column-used-to-be";
+    let files = [
+        (
+            "streams.toml",
+            format!("[source]\ntype = \"stream\"\nstream = \"{long}\"\n"),
+        ),
+        (
+            "queue.toml",
+            "[source]\ntype = \"list\"\nlist = \"jobs\"\n".to_string(),
+        ),
+        (
+            "events.toml",
+            "[source]\ntype = \"pubsub\"\nchannels = [\"events\"]\n".to_string(),
+        ),
+    ];
+    for (name, source) in &files {
+        let text = format!(
+            "[redis]\nurl = \"{url}\"\n\n{source}\n[[sink]]\ntype = \"stream\"\nstream = \"out\"\n"
+        );
+        fs::write(dir.path().join(name), text).expect("write a pipeline");
+    }
+    redis::cmd("LPUSH")
+        .arg("jobs")
+        .arg("one")
+        .query::<()>(&mut con)
+        .expect("LPUSH");
+    let mut sluice = Sluice::spawn([OsStr::new("run"), dir.path().as_os_str()]);
+    sluice.wait_until("all three pipelines up", |_| {
+        let mut c = redis.conn();
+        // The list item went through, so the list consumer is up.
+        group_exists(&mut c, long, "streams")
+            && subscribers(&mut c, "events") == 1
+            && xlen(&mut c, "out") == 1
+    });
+    assert!(lrange_all(&mut con, "jobs").is_empty());
+
+    let table = Sluice::exec([
+        OsStr::new("status"),
+        dir.path().as_os_str(),
+        OsStr::new("--redis"),
+        OsStr::new(url.as_str()),
+    ])
+    .stdout();
+    for want in [
+        format!("streams   stream  {long}"),
+        "queue     list    jobs".to_string(),
+        "events    pubsub  events".to_string(),
+    ] {
+        assert!(table.contains(&want), "no `{want}` in\n{table}");
+    }
+    // Numbers are right-aligned under their header, however long the names.
+    let end = column_end(&table, "CONSUMERS");
+    for line in table.lines().skip(1).filter(|l| !l.starts_with("    ")) {
+        let cell = line
+            .get(..end)
+            .unwrap_or_else(|| panic!("short line: {line}"));
+        assert!(
+            cell.ends_with(|c: char| c.is_ascii_digit()),
+            "CONSUMERS not aligned in `{line}`:\n{table}"
+        );
+        assert!(cell.ends_with('1'), "one consumer each: {line}\n{table}");
+    }
+
+    // Without files: what Redis shows, the stream group and the list queue.
+    let found = Sluice::exec(["status", "--redis", &url]).stdout();
+    assert!(found.contains(long) && found.contains("jobs"), "{found}");
+    sluice.shutdown();
+}
