@@ -19,7 +19,7 @@
 //! embedded    `--redis embedded`: a private redis-server
 //! dlq         `sluice dlq`: list, replay and purge dead letters
 //! http        `--http`: /metrics, /health, /ready and a dashboard
-//! status      `sluice status`: lag, pending and dead letters per group
+//! status      `sluice status`: lag, pending and dead letters per group, list and pub/sub source
 //! pending     `sluice pending`: inspect, ack or claim pending entries by hand
 //! plugin_test `sluice plugin test`: run a plugin on sample messages, no Redis
 //! ```
