@@ -291,8 +291,8 @@ fn swap_by_copying_over_mid_flow_loses_and_duplicates_nothing() {
     swap_mid_flow(Overwrite::Copy);
 }
 
-/// The smallest core WebAssembly module (magic, version 1, no sections): valid Wasm, but a
-/// module where sluice wants a component.
+/// The smallest core WebAssembly module (magic, version 1, no sections): valid Wasm, but it
+/// does not export the processor world through the canonical ABI, so it cannot be wrapped.
 const CORE_MODULE: &[u8] = b"\0asm\x01\0\0\0";
 
 /// The smallest component (magic, version 0x0d, layer 1, no sections): a valid component that
@@ -356,7 +356,11 @@ fn broken_plugin_files_are_refused_while_the_old_version_keeps_serving() {
     let v2 = fs::read(faults_v2()).expect("read faults-v2.wasm");
     let bad: [(&str, &[u8], &str); 4] = [
         ("a truncated file", &v2[..v2.len() / 2], "cannot compile it"),
-        ("a core module", CORE_MODULE, "component"),
+        (
+            "a core module",
+            CORE_MODULE,
+            "does not implement the sluice:processor world",
+        ),
         (
             "a component that exports nothing",
             EMPTY_COMPONENT,
