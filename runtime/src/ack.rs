@@ -123,10 +123,15 @@ pub async fn deliver(
         .iter()
         .zip(&sinks.sinks)
         .zip(&sinks.names)
-        .map(|((items, sink), name)| write_through_outages(sink, name, items, stop));
+        .map(|((items, sink), name)| {
+            write_through_outages(&sinks.pipeline, sink, name, items, stop)
+        });
     let results = futures::future::join_all(writes).await;
     let mut failed = Vec::new();
     for ((items, results), name) in routed.per_sink.iter().zip(results).zip(&sinks.names) {
+        let written = results.iter().filter(|r| r.is_ok()).count();
+        metrics::counter!("sluice_sink_records_total", "pipeline" => sinks.pipeline.clone(), "sink" => name.clone())
+            .increment(written as u64);
         for ((i, _), result) in items.iter().zip(results) {
             if let Err(why) = result {
                 let reason = format!("sink `{name}`: {why}");
@@ -152,6 +157,7 @@ pub async fn deliver(
 /// Writes `items` to `sink`, retrying the records that failed because the
 /// sink was unreachable; refusals are returned at once.
 async fn write_through_outages(
+    pipeline: &str,
     sink: &Sink,
     name: &str,
     items: &[(usize, Record)],
@@ -161,6 +167,7 @@ async fn write_through_outages(
     let mut todo: Vec<usize> = (0..items.len()).collect();
     let mut outage = Outage::new(name);
     let mut stopped_at: Option<Instant> = None;
+    let mut backoff = None;
     while !todo.is_empty() {
         let records: Vec<&Record> = todo.iter().map(|&k| &items[k].1).collect();
         let mut again = Vec::new();
@@ -188,13 +195,35 @@ async fn write_through_outages(
             }
         }
         outage.failed(&error, &format!("writing to sink `{name}`"));
+        backoff.get_or_insert_with(|| SinkBackoff::start(pipeline, name));
         tokio::time::sleep(outage.next_delay()).await;
         todo = again;
     }
+    drop(backoff);
     results
         .into_iter()
         .map(|r| r.unwrap_or_else(|| Err(SinkError::refused("not written"))))
         .collect()
+}
+
+/// While alive, the sink is in backoff: `sluice_sink_backoff` is raised and
+/// the consumer that writes reads nothing new (intake paused). Counted per
+/// writer, so several consumers waiting on one sink keep it raised until
+/// the last one gets through.
+struct SinkBackoff(metrics::Gauge);
+
+impl SinkBackoff {
+    fn start(pipeline: &str, sink: &str) -> Self {
+        let gauge = metrics::gauge!("sluice_sink_backoff", "pipeline" => pipeline.to_string(), "sink" => sink.to_string());
+        gauge.increment(1.0);
+        SinkBackoff(gauge)
+    }
+}
+
+impl Drop for SinkBackoff {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }
 
 /// A failure becomes a dead letter when the plugin asks, or when this was

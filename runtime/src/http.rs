@@ -17,6 +17,13 @@ use tokio_util::sync::CancellationToken;
 /// macros in the runtime record nothing and cost next to nothing.
 pub fn install_metrics() -> Result<PrometheusHandle> {
     PrometheusBuilder::new()
+        // Counts, not seconds: powers of two up to the largest sensible batch.
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("sluice_batch_size".into()),
+            &[
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+            ],
+        )?
         .set_buckets(&[
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
         ])?

@@ -19,6 +19,7 @@
 //! embedded    `--redis embedded`: a private redis-server
 //! dlq         `sluice dlq`: list, replay and purge dead letters
 //! http        `--http`: /metrics, /health, /ready and a dashboard
+//! group_stats per-group gauges (lag, pending, oldest pending, dead letters) polled for /metrics
 //! status      `sluice status`: lag, pending and dead letters per group, list and pub/sub source
 //! pending     `sluice pending`: inspect, ack or claim pending entries by hand
 //! plugin_test `sluice plugin test`: run a plugin on sample messages, no Redis
@@ -39,6 +40,7 @@ pub mod config;
 pub mod conn;
 pub mod dlq;
 pub mod embedded;
+pub mod group_stats;
 pub mod http;
 pub mod message;
 pub mod pending;

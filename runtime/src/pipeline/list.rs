@@ -272,6 +272,8 @@ async fn process_batch(
         );
         return false;
     }
+    metrics::counter!("sluice_acked_total", "pipeline" => p.name.clone())
+        .increment(acked.len() as u64);
     acked.len() + again.len() == done.len()
 }
 

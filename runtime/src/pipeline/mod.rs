@@ -159,7 +159,16 @@ impl Built {
         let s = self.shared;
         let name = s.pipeline.name.clone();
         match s.pipeline.source.kind {
-            SourceType::Stream => stream::run(s, cancel).await?,
+            SourceType::Stream => {
+                let stats = cancel.child_token();
+                let _stop_stats = stats.clone().drop_guard();
+                tokio::spawn(crate::group_stats::poll(
+                    s.client.clone(),
+                    s.pipeline.clone(),
+                    stats,
+                ));
+                stream::run(s, cancel).await?
+            }
             SourceType::Pubsub => pubsub::run(s, cancel).await?,
             SourceType::List => list::run(s, cancel).await?,
         }
@@ -292,6 +301,43 @@ async fn run_chain(
     chain: &mut Option<Chain>,
     batch: Vec<Message>,
 ) -> Option<(Vec<Message>, Vec<Outcome>)> {
+    let name = s.pipeline.name.as_str();
+    metrics::counter!("sluice_received_total", "pipeline" => name.to_string())
+        .increment(batch.len() as u64);
+    metrics::histogram!("sluice_batch_size", "pipeline" => name.to_string())
+        .record(batch.len() as f64);
+    let in_flight = metrics::gauge!("sluice_in_flight", "pipeline" => name.to_string());
+    let n = batch.len() as f64;
+    in_flight.increment(n);
+    let started = Instant::now();
+    let result = run_stages(s, chain, batch).await;
+    metrics::histogram!("sluice_plugin_seconds", "pipeline" => name.to_string())
+        .record(started.elapsed().as_secs_f64());
+    in_flight.decrement(n);
+    if let Some((_, outcomes)) = &result {
+        let filtered = outcomes
+            .iter()
+            .filter(|o| matches!(o, Ok(r) if r.is_empty()))
+            .count();
+        let records: usize = outcomes
+            .iter()
+            .filter_map(|o| o.as_ref().ok())
+            .map(Vec::len)
+            .sum();
+        metrics::counter!("sluice_filtered_total", "pipeline" => name.to_string())
+            .increment(filtered as u64);
+        metrics::counter!("sluice_records_total", "pipeline" => name.to_string())
+            .increment(records as u64);
+    }
+    result
+}
+
+/// [`run_chain`] without the counting.
+async fn run_stages(
+    s: &Shared,
+    chain: &mut Option<Chain>,
+    batch: Vec<Message>,
+) -> Option<(Vec<Message>, Vec<Outcome>)> {
     if s.stages.is_empty() {
         // Nothing to run: records are the messages, no thread hop needed.
         let outcomes = batch
@@ -342,6 +388,10 @@ fn count(p: &Pipeline, statuses: &[Status]) {
             Status::Errored(_) => 2,
             Status::Rejected(_) => 3,
         }] += 1;
+        if let Status::Errored(f) | Status::Rejected(f) = status {
+            metrics::counter!("sluice_failures_total", "pipeline" => p.name.clone(), "class" => f.class.as_str())
+                .increment(1);
+        }
     }
     for (n, status) in by
         .into_iter()
@@ -351,6 +401,22 @@ fn count(p: &Pipeline, statuses: &[Status]) {
             metrics::counter!("sluice_messages_total", "pipeline" => p.name.clone(), "status" => status).increment(n);
         }
     }
+}
+
+/// Counts acked stream entries and records each one's end-to-end latency:
+/// from the time in its id (when it was added) to now.
+fn count_acked<'a>(p: &Pipeline, ids: impl Iterator<Item = &'a str>) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let latency = metrics::histogram!("sluice_end_to_end_seconds", "pipeline" => p.name.clone());
+    let mut n = 0;
+    for id in ids {
+        let added = crate::message::stream_id_ms(id);
+        latency.record(now.saturating_sub(added) as f64 / 1000.0);
+        n += 1;
+    }
+    metrics::counter!("sluice_acked_total", "pipeline" => p.name.clone()).increment(n);
 }
 
 /// Retries `op` through an outage (not through a refusal) for up to

@@ -556,11 +556,16 @@ async fn settle_atomic(
     match committed {
         Ok(results) => {
             count(p, statuses);
+            let mut acked = Vec::with_capacity(entries.len());
             for (entry, result) in entries.iter().zip(results) {
-                if let atomic::Committed::Skipped(why) = result {
-                    debug!(id = %entry.id, "not committed: {why}");
+                match result {
+                    atomic::Committed::Skipped(why) => {
+                        debug!(id = %entry.id, "not committed: {why}")
+                    }
+                    atomic::Committed::Done => acked.push(entry.id),
                 }
             }
+            super::count_acked(p, acked.into_iter());
         }
         Err(e) if conn::is_outage(&e) || !retry_refused => {
             error!(
@@ -614,7 +619,7 @@ pub(super) async fn settle_acks(conn: &mut ConnectionManager, p: &Pipeline, ids:
     })
     .await;
     match acked {
-        Ok(()) => {}
+        Ok(()) => super::count_acked(p, ids.iter().map(String::as_str)),
         Err(e) if conn::has_code(&e, "NOGROUP") => {
             warn!(
                 count = ids.len(),

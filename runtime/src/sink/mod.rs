@@ -213,6 +213,8 @@ fn connect(url: &str) -> anyhow::Result<ConnectionManager> {
 /// its `to` names (the first sink when it names none) and to every sink
 /// declared with `route = "all"`.
 pub struct Sinks {
+    /// The pipeline they belong to, for metrics.
+    pub pipeline: String,
     /// Sink names, in file order.
     pub names: Vec<String>,
     /// The sinks, same order.
@@ -244,7 +246,12 @@ impl Sinks {
                 all.push(i);
             }
         }
-        Ok(Sinks { names, sinks, all })
+        Ok(Sinks {
+            pipeline: pipeline.name.clone(),
+            names,
+            sinks,
+            all,
+        })
     }
 
     /// The sinks a record goes to, or `Err` with the unknown name it gave.

@@ -23,6 +23,7 @@
 //! - [`logs`]: log lines, their `key=value` fields and timestamps.
 
 pub mod flow;
+pub mod http;
 pub mod keys;
 pub mod launch;
 pub mod logs;

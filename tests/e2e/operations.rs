@@ -1,0 +1,149 @@
+//! Operations: what `--http` tells an operator and an autoscaler, checked against what the
+//! test sent and what Redis holds.
+
+use crate::support::http::{get, series};
+use crate::support::pipeline::{GROUP, IN, OUT, stream_to_stream_toml, wait_settled};
+use crate::support::streams::{xadd_many, xlen};
+use crate::support::{Pipeline, RedisServer, Sluice};
+
+/// The `faults` actions sent, and how many of each.
+const MIX: [(&str, usize); 6] = [
+    ("ok", 20),
+    ("fanout:3", 5),
+    ("fanout:0", 4),
+    ("drop", 3),
+    ("poison", 2),
+    ("trap", 2),
+];
+
+fn actions() -> Vec<&'static str> {
+    MIX.iter()
+        .flat_map(|(action, n)| std::iter::repeat_n(*action, *n))
+        .collect()
+}
+
+/// Every counter matches what was sent, exactly; the per-group gauges match Redis; and a
+/// deleted entry past the group's position turns lag into "unknown", not 0.
+#[test]
+fn metrics_count_exactly_what_was_sent_and_poll_the_group() {
+    let redis = RedisServer::new();
+    let mut con = redis.conn();
+    let sent = actions();
+    xadd_many(&mut con, IN, sent.len(), |i| vec![("action", sent[i])]);
+    // Traps retry once (after 300 ms idle), then dead-letter on their second delivery.
+    let pipeline = Pipeline::write(
+        "e2e",
+        &stream_to_stream_toml(
+            &redis,
+            "faults",
+            "claim_idle_ms = 300\nmax_deliveries = 2",
+            "",
+            "",
+            "",
+        ),
+    );
+    let cache = tempfile::tempdir().expect("a plugin cache dir");
+    let (mut sluice, http) = Sluice::run_http(pipeline.path(), cache.path());
+    // 20 ok + 5 × 3 fan-out records; dropped, filtered and dead-lettered leave nothing pending.
+    wait_settled(&mut con, &mut sluice, 35, 0);
+    let dead = format!("{IN}:dead");
+    let group = format!(r#"pipeline="e2e",stream="{IN}",group="{GROUP}""#);
+    let text = sluice.wait_for(
+        "the group poll to show the settled group (pending 0, 4 dead letters)",
+        |_| get(&http, "/metrics").1,
+        |text| {
+            series(text, "sluice_group_pending", &group) == Some(0.0)
+                && series(
+                    text,
+                    "sluice_dead_letter_length",
+                    &format!(r#"pipeline="e2e",stream="{dead}""#),
+                ) == Some(4.0)
+        },
+    );
+    let p = r#"pipeline="e2e""#;
+    let value = |name: &str, labels: &str| series(&text, name, labels);
+    let status = |s: &str| value("sluice_messages_total", &format!(r#"{p},status="{s}""#));
+    let class = |c: &str| value("sluice_failures_total", &format!(r#"{p},class="{c}""#));
+    // 36 sent, and the 2 traps delivered a second time.
+    assert_eq!(
+        value("sluice_received_total", p),
+        Some(38.0),
+        "received\n{text}"
+    );
+    assert_eq!(
+        status("delivered"),
+        Some(29.0),
+        "ok + fan-out + filtered\n{text}"
+    );
+    assert_eq!(
+        value("sluice_filtered_total", p),
+        Some(4.0),
+        "filtered\n{text}"
+    );
+    assert_eq!(status("dropped"), Some(3.0), "dropped\n{text}");
+    assert_eq!(
+        status("retried"),
+        Some(2.0),
+        "traps, first delivery\n{text}"
+    );
+    assert_eq!(status("dead_lettered"), Some(4.0), "poison + traps\n{text}");
+    assert_eq!(class("plugin"), Some(2.0), "poison\n{text}");
+    assert_eq!(class("trap"), Some(4.0), "traps, both deliveries\n{text}");
+    assert_eq!(
+        value("sluice_records_total", p),
+        Some(35.0),
+        "records\n{text}"
+    );
+    assert_eq!(
+        value("sluice_sink_records_total", &format!(r#"{p},sink="out""#)),
+        Some(35.0),
+        "records written to sink `out`\n{text}"
+    );
+    assert_eq!(value("sluice_acked_total", p), Some(36.0), "acked\n{text}");
+    assert_eq!(
+        value("sluice_end_to_end_seconds_count", p),
+        Some(36.0),
+        "one latency per acked entry\n{text}"
+    );
+    assert!(
+        value("sluice_plugin_seconds_count", p) >= Some(2.0),
+        "{text}"
+    );
+    assert!(value("sluice_batch_size_count", p) >= Some(2.0), "{text}");
+    assert_eq!(value("sluice_in_flight", p), Some(0.0), "{text}");
+    assert_eq!(value("sluice_group_lag", &group), Some(0.0), "{text}");
+    assert_eq!(
+        value("sluice_group_lag_unknown", &group),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(xlen(&mut con, OUT), 35);
+
+    // An entry added and deleted in one transaction, so the group never reads it: Redis can no
+    // longer count the lag.
+    let future_id = "9999999999999-0";
+    let _: () = redis::pipe()
+        .atomic()
+        .cmd("XADD")
+        .arg(IN)
+        .arg(future_id)
+        .arg("action")
+        .arg("ok")
+        .ignore()
+        .cmd("XDEL")
+        .arg(IN)
+        .arg(future_id)
+        .ignore()
+        .query(&mut con)
+        .expect("XADD + XDEL in MULTI");
+    let text = sluice.wait_for(
+        "lag reported as unknown",
+        |_| get(&http, "/metrics").1,
+        |text| series(text, "sluice_group_lag_unknown", &group) == Some(1.0),
+    );
+    assert!(
+        series(&text, "sluice_group_lag", &group).is_some_and(f64::is_nan),
+        "an unknown lag is NaN, never 0\n{text}"
+    );
+    sluice.shutdown();
+}
