@@ -9,6 +9,7 @@
 
 use crate::conn::Outage;
 use crate::message::{Failure, FailureClass, FailureKind, Field, Message, Outcome, Record};
+use crate::readiness::{self, Blocker, Reason};
 use crate::sink::{Sink, SinkError, Sinks};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -195,7 +196,7 @@ async fn write_through_outages(
             }
         }
         outage.failed(&error, &format!("writing to sink `{name}`"));
-        backoff.get_or_insert_with(|| SinkBackoff::start(pipeline, name));
+        backoff.get_or_insert_with(|| SinkBackoff::start(pipeline, name, &error));
         tokio::time::sleep(outage.next_delay()).await;
         todo = again;
     }
@@ -210,13 +211,20 @@ async fn write_through_outages(
 /// the consumer that writes reads nothing new (intake paused). Counted per
 /// writer, so several consumers waiting on one sink keep it raised until
 /// the last one gets through.
-struct SinkBackoff(metrics::Gauge);
+struct SinkBackoff(
+    metrics::Gauge,
+    #[allow(dead_code, reason = "held, not read")] Blocker,
+);
 
 impl SinkBackoff {
-    fn start(pipeline: &str, sink: &str) -> Self {
+    fn start(pipeline: &str, sink: &str, error: &SinkError) -> Self {
         let gauge = metrics::gauge!("sluice_sink_backoff", "pipeline" => pipeline.to_string(), "sink" => sink.to_string());
         gauge.increment(1.0);
-        SinkBackoff(gauge)
+        let detail = format!("sink `{sink}`: {error}; intake paused");
+        SinkBackoff(
+            gauge,
+            readiness::block(pipeline, Reason::SinkBackoff, detail),
+        )
     }
 }
 

@@ -97,6 +97,8 @@ pub struct Outage {
     redis: Option<String>,
     since: Option<Instant>,
     attempt: u32,
+    /// Held during the outage: `/ready` reports the pipeline blocked.
+    blocker: Option<crate::readiness::Blocker>,
 }
 
 impl Outage {
@@ -107,6 +109,7 @@ impl Outage {
             redis: None,
             since: None,
             attempt: 0,
+            blocker: None,
         }
     }
 
@@ -126,11 +129,19 @@ impl Outage {
                 .increment(1);
             let redis = self.redis.as_deref().unwrap_or("");
             warn!(pipeline = %self.pipeline, redis, "Redis unavailable while {what}: {e}; retrying with backoff");
+            self.blocker = Some(crate::readiness::block(
+                &self.pipeline,
+                crate::readiness::Reason::RedisUnreachable,
+                format!("{redis} while {what}: {e}")
+                    .trim_start()
+                    .to_string(),
+            ));
         }
     }
 
     /// Notes a success; logs the end of an outage.
     pub fn recovered(&mut self) {
+        self.blocker = None;
         if let Some(since) = self.since.take() {
             let redis = self.redis.as_deref().unwrap_or("");
             info!(pipeline = %self.pipeline, redis, down_ms = since.elapsed().as_millis() as u64, "Redis reachable again");

@@ -1,11 +1,12 @@
 //! `--http ADDR`: `/metrics` (Prometheus text), `/health` (the process is
-//! up), `/ready` (every pipeline found at start is running), and `/`, a
-//! live dashboard drawn from the metrics.
+//! up: plain `ok`), `/ready` (JSON: whether each pipeline consumes, and why
+//! not; 503 while any cannot), and `/`, a live dashboard drawn from the
+//! metrics.
 
 use anyhow::{Context as _, Result};
 use axum::Router;
-use axum::http::StatusCode;
-use axum::response::Html;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::net::SocketAddr;
@@ -46,14 +47,7 @@ pub async fn serve(
         .route("/health", get(|| async { "ok\n" }))
         .route(
             "/ready",
-            get(move || {
-                let ready = ready.load(Ordering::Relaxed);
-                std::future::ready(if ready {
-                    (StatusCode::OK, "ready\n")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
-                })
-            }),
+            get(move || std::future::ready(readiness(ready.load(Ordering::Relaxed)))),
         )
         .route("/", get(|| async { Html(DASHBOARD) }));
     let listener = tokio::net::TcpListener::bind(addr)
@@ -64,6 +58,38 @@ pub async fn serve(
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await?;
     Ok(())
+}
+
+/// `/ready`: 200 once every pipeline found at start was started and each
+/// is consuming; 503 while `started` is false or any pipeline is held up,
+/// with the reasons, as JSON:
+///
+/// ```json
+/// {"ready": false, "starting": false, "pipelines": [{"name": "orders",
+///   "consuming": false, "reasons": [{"reason": "redis_unreachable",
+///   "detail": "..."}]}]}
+/// ```
+///
+/// Reasons: `redis_unreachable`, `group_missing`, `not_started` (invalid
+/// file, plugin failed to load or initialise), `sink_backoff`.
+fn readiness(started: bool) -> impl IntoResponse {
+    let pipelines = crate::readiness::report();
+    let ready = started && pipelines.iter().all(|p| p.consuming);
+    let body = serde_json::json!({
+        "ready": ready,
+        "starting": !started,
+        "pipelines": pipelines,
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{body}\n"),
+    )
 }
 
 /// A page that polls `/metrics` and shows per-pipeline counts and rates.

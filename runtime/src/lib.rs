@@ -20,6 +20,7 @@
 //! dlq         `sluice dlq`: list, replay and purge dead letters
 //! http        `--http`: /metrics, /health, /ready and a dashboard
 //! group_stats per-group gauges (lag, pending, oldest pending, dead letters) polled for /metrics
+//! readiness   why each pipeline is or is not consuming, for /ready
 //! status      `sluice status`: lag, pending and dead letters per group, list and pub/sub source
 //! pending     `sluice pending`: inspect, ack or claim pending entries by hand
 //! plugin_test `sluice plugin test`: run a plugin on sample messages, no Redis
@@ -47,6 +48,7 @@ pub mod pending;
 pub mod pipeline;
 pub mod plugin;
 pub mod plugin_test;
+pub mod readiness;
 pub mod sink;
 pub mod source;
 pub mod status;

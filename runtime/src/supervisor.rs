@@ -89,6 +89,7 @@ impl Running {
         if let Err(e) = self.done.await {
             error!(pipeline = %self.pipeline.name, "pipeline task failed: {e}");
         }
+        crate::readiness::stopped(&self.pipeline.name);
     }
 }
 
@@ -99,6 +100,9 @@ struct Supervisor {
     running: HashMap<PathBuf, Running>,
     /// Watches the pipeline paths and the plugins' folders (`--no-watch`: none).
     watcher: Option<Watcher>,
+    /// Files whose pipeline could not start, with its name: reported by
+    /// `/ready` until the file is fixed or removed.
+    not_started: HashMap<PathBuf, String>,
 }
 
 /// Runs every valid pipeline under `paths` until `cancel`, then drains.
@@ -117,6 +121,7 @@ pub async fn run(
         // Watching starts before any pipeline does: an edit made as soon
         // as output appears must not be missed.
         watcher: if watch { Some(Watcher::new()?) } else { None },
+        not_started: HashMap::new(),
     };
     sup.reload_pipelines().await?;
     if sup.running.is_empty() {
@@ -201,12 +206,21 @@ impl Supervisor {
         let (valid, errors) =
             tokio::task::spawn_blocking(move || load_all(&listed, &engine)).await?;
         let invalid: HashSet<PathBuf> = errors.iter().map(|e| watch::normalize(&e.file)).collect();
+        let names: HashMap<PathBuf, String> = parsed
+            .iter()
+            .map(|p| (watch::normalize(&p.file), p.name.clone()))
+            .collect();
         for e in &errors {
             let file = watch::normalize(&e.file);
             if self.running.contains_key(&file) {
                 error!("invalid edit, keeping the running version: {e}");
             } else {
                 error!("invalid pipeline file, not started: {e}");
+                let name = names.get(&file).cloned().unwrap_or_else(|| {
+                    file.file_stem()
+                        .map_or_else(String::new, |s| s.to_string_lossy().into_owned())
+                });
+                self.set_not_started(file, name, e.to_string());
             }
         }
         let present: HashSet<PathBuf> = files.iter().map(|f| watch::normalize(f)).collect();
@@ -224,6 +238,15 @@ impl Supervisor {
         }
         // Before they start, so no change to their plugins goes unseen.
         self.watch(&valid);
+        let gone: Vec<PathBuf> = self
+            .not_started
+            .keys()
+            .filter(|f| !present.contains(*f))
+            .cloned()
+            .collect();
+        for file in gone {
+            self.clear_not_started(&file);
+        }
         for pipeline in valid {
             let file = watch::normalize(&pipeline.file);
             if invalid.contains(&file) {
@@ -234,12 +257,29 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Reports `file`'s pipeline `name` as not started, for `/ready`.
+    fn set_not_started(&mut self, file: PathBuf, name: String, error: String) {
+        self.clear_not_started(&file);
+        crate::readiness::not_started(&name, error);
+        self.not_started.insert(file, name);
+    }
+
+    fn clear_not_started(&mut self, file: &Path) {
+        if let Some(name) = self.not_started.remove(file) {
+            crate::readiness::stopped(&name);
+        }
+    }
+
     /// Starts, restarts or re-inits the pipeline of `file`, as its change needs.
     async fn apply(&mut self, file: PathBuf, pipeline: Pipeline) {
         let name = pipeline.name.clone();
         let Some(old) = self.running.get(&file) else {
-            if let Some(running) = self.start(pipeline).await {
-                self.running.insert(file, running);
+            self.clear_not_started(&file);
+            match self.start(pipeline).await {
+                Ok(running) => {
+                    self.running.insert(file, running);
+                }
+                Err(error) => self.set_not_started(file, name, error),
             }
             return;
         };
@@ -285,13 +325,14 @@ impl Supervisor {
         metrics::counter!("sluice_pipeline_reloads_total", "result" => "restarted").increment(1);
     }
 
-    async fn start(&self, pipeline: Pipeline) -> Option<Running> {
+    /// Builds and spawns `pipeline`; on failure, the error.
+    async fn start(&self, pipeline: Pipeline) -> Result<Running, String> {
         let name = pipeline.name.clone();
         match pipeline::build(pipeline.clone(), &self.ctx).await {
-            Ok(built) => Some(spawn(built, pipeline)),
+            Ok(built) => Ok(spawn(built, pipeline)),
             Err(e) => {
                 error!(pipeline = %name, "pipeline not started: {e:#}");
-                None
+                Err(format!("{e:#}"))
             }
         }
     }
@@ -344,9 +385,11 @@ fn spawn(built: pipeline::Built, pipeline: Pipeline) -> Running {
     let stages = built.stages();
     let name = pipeline.name.clone();
     let token = stop.clone();
+    crate::readiness::running(&name);
     let done = tokio::spawn(async move {
         if let Err(e) = built.run(token).await {
             error!(pipeline = %name, "pipeline failed: {e:#}");
+            crate::readiness::not_started(&name, format!("{e:#}"));
         }
     });
     Running {

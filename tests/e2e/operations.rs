@@ -1,7 +1,7 @@
 //! Operations: what `--http` tells an operator and an autoscaler, checked against what the
 //! test sent and what Redis holds.
 
-use crate::support::http::{get, series};
+use crate::support::http::{get, pipeline_readiness, ready, reasons, series};
 use crate::support::pipeline::{GROUP, IN, OUT, stream_to_stream_toml, wait_settled};
 use crate::support::streams::{xadd_many, xlen};
 use crate::support::{Pipeline, RedisServer, Sluice};
@@ -43,7 +43,7 @@ fn metrics_count_exactly_what_was_sent_and_poll_the_group() {
         ),
     );
     let cache = tempfile::tempdir().expect("a plugin cache dir");
-    let (mut sluice, http) = Sluice::run_http(pipeline.path(), cache.path());
+    let (mut sluice, http) = Sluice::run_http(&[pipeline.path()], cache.path());
     // 20 ok + 5 × 3 fan-out records; dropped, filtered and dead-lettered leave nothing pending.
     wait_settled(&mut con, &mut sluice, 35, 0);
     let dead = format!("{IN}:dead");
@@ -144,6 +144,83 @@ fn metrics_count_exactly_what_was_sent_and_poll_the_group() {
     assert!(
         series(&text, "sluice_group_lag", &group).is_some_and(f64::is_nan),
         "an unknown lag is NaN, never 0\n{text}"
+    );
+    sluice.shutdown();
+}
+
+/// `/ready` turns 503 naming Redis while Redis is down, and 200 once it is back and the
+/// pipeline consumes again; `/health` stays a plain 200 throughout.
+#[test]
+fn ready_says_why_while_redis_is_down_and_recovers() {
+    let mut redis = RedisServer::new();
+    let pipeline = Pipeline::stream_to_stream(&redis, "uppercase", "", r#"field = "payload""#);
+    let cache = tempfile::tempdir().expect("a plugin cache dir");
+    let (mut sluice, http) = Sluice::run_http(&[pipeline.path()], cache.path());
+    let (_, json) = sluice.wait_for("/ready 200", |_| ready(&http), |(status, _)| *status == 200);
+    assert_eq!(
+        pipeline_readiness(&json, "e2e").map(|p| p["consuming"].clone()),
+        Some(serde_json::Value::Bool(true)),
+        "{json}"
+    );
+
+    redis.stop();
+    let (_, json) = sluice.wait_for(
+        "/ready 503 naming Redis",
+        |_| ready(&http),
+        |(status, json)| {
+            *status == 503 && reasons(json, "e2e").contains(&"redis_unreachable".to_owned())
+        },
+    );
+    assert_eq!(json["ready"], false, "{json}");
+    assert_eq!(
+        get(&http, "/health"),
+        (200, "ok\n".to_owned()),
+        "liveness is not readiness"
+    );
+
+    redis.start();
+    sluice.wait_for(
+        "/ready 200 again",
+        |_| ready(&http),
+        |(status, _)| *status == 200,
+    );
+    // And it does consume: the restarted (empty) Redis gets its group back and the messages flow.
+    let mut con = redis.conn();
+    xadd_many(&mut con, IN, 10, |i| vec![("payload", format!("m{i}"))]);
+    wait_settled(&mut con, &mut sluice, 10, 0);
+    sluice.shutdown();
+}
+
+/// A pipeline whose plugin fails to initialise is reported as not started, with the plugin's
+/// error, and keeps `/ready` at 503 while the other pipeline consumes.
+#[test]
+fn ready_names_a_pipeline_that_could_not_start() {
+    let redis = RedisServer::new();
+    let good = Pipeline::stream_to_stream(&redis, "uppercase", "", r#"field = "payload""#);
+    let broken = Pipeline::write(
+        "broken",
+        &stream_to_stream_toml(&redis, "faults", "", "", "fail_init = true", "")
+            .replace(&format!("group = \"{GROUP}\""), "group = \"broken\""),
+    );
+    let cache = tempfile::tempdir().expect("a plugin cache dir");
+    let (mut sluice, http) = Sluice::run_http(&[good.path(), broken.path()], cache.path());
+    let (status, json) = sluice.wait_for(
+        "both pipelines reported by /ready",
+        |_| ready(&http),
+        |(_, json)| {
+            pipeline_readiness(json, "e2e").is_some_and(|p| p["consuming"] == true)
+                && pipeline_readiness(json, "broken").is_some()
+        },
+    );
+    assert_eq!(status, 503, "{json}");
+    assert_eq!(reasons(&json, "broken"), ["not_started"], "{json}");
+    let detail = pipeline_readiness(&json, "broken").expect("reported")["reasons"][0]["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        detail.contains("asked to fail init"),
+        "the plugin's own error: {detail}"
     );
     sluice.shutdown();
 }

@@ -132,6 +132,7 @@ async fn wait_for_group(
 ) -> bool {
     let p = &s.pipeline;
     let mut outage = Outage::of(&p.name, &s.redis);
+    let mut missing = None;
     loop {
         match source::ensure_group(conn, p.stream(), p.group(), start).await {
             Ok(created) => {
@@ -146,6 +147,15 @@ async fn wait_for_group(
                     outage.failed(&e, "creating the consumer group");
                 } else {
                     error!(pipeline = %p.name, redis = %s.redis, "cannot create group {} on {}: {e}", p.group(), p.stream());
+                    let detail =
+                        format!("cannot create group {} on {}: {e}", p.group(), p.stream());
+                    missing.get_or_insert_with(|| {
+                        crate::readiness::block(
+                            &p.name,
+                            crate::readiness::Reason::GroupMissing,
+                            detail,
+                        )
+                    });
                 }
                 if !outage.wait(cancel).await {
                     return false;

@@ -11,21 +11,15 @@ use super::Sluice;
 use super::logs::field;
 
 impl Sluice {
-    /// `sluice run PIPELINE --no-watch --http 127.0.0.1:0` with its compiled-plugin cache in
-    /// `cache`; returns the process and the address it serves.
-    pub fn run_http(pipeline: &Path, cache: &Path) -> (Self, String) {
-        let mut sluice = Self::spawn_with(
-            [
-                OsStr::new("run"),
-                pipeline.as_os_str(),
-                OsStr::new("--no-watch"),
-                OsStr::new("--http"),
-                OsStr::new("127.0.0.1:0"),
-            ],
-            |command| {
-                command.env("SLUICE_CACHE_DIR", cache);
-            },
-        );
+    /// `sluice run PIPELINES... --no-watch --http 127.0.0.1:0` with its compiled-plugin cache
+    /// in `cache`; returns the process and the address it serves.
+    pub fn run_http(pipelines: &[&Path], cache: &Path) -> (Self, String) {
+        let args = std::iter::once(OsStr::new("run"))
+            .chain(pipelines.iter().map(|p| p.as_os_str()))
+            .chain(["--no-watch", "--http", "127.0.0.1:0"].map(OsStr::new));
+        let mut sluice = Self::spawn_with(args, |command| {
+            command.env("SLUICE_CACHE_DIR", cache);
+        });
         let served = sluice.wait_for_log(&["serving /metrics"], 1);
         let addr = field(&served[0], "addr")
             .expect("the address served")
@@ -53,6 +47,37 @@ pub fn get(addr: &str, path: &str) -> (u16, String) {
         .split_once("\r\n\r\n")
         .map_or(String::new(), |(_, body)| body.to_owned());
     (status, body)
+}
+
+/// `GET /ready`: the status code and the JSON body.
+pub fn ready(addr: &str) -> (u16, serde_json::Value) {
+    let (status, body) = get(addr, "/ready");
+    let json = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("/ready answered {status} with no JSON ({e}):\n{body}"));
+    (status, json)
+}
+
+/// The `/ready` entry of pipeline `name`, if reported.
+pub fn pipeline_readiness<'a>(
+    json: &'a serde_json::Value,
+    name: &str,
+) -> Option<&'a serde_json::Value> {
+    json["pipelines"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == name)
+}
+
+/// The reasons `/ready` gives for pipeline `name` (`redis_unreachable`, ...).
+pub fn reasons(json: &serde_json::Value, name: &str) -> Vec<String> {
+    pipeline_readiness(json, name)
+        .and_then(|p| p["reasons"].as_array())
+        .map(|r| {
+            r.iter()
+                .map(|o| o["reason"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The value of the series `name{labels}` in Prometheus text, `labels` written as the exporter
