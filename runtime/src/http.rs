@@ -32,6 +32,17 @@ pub fn install_metrics() -> Result<PrometheusHandle> {
         .context("cannot install the metrics recorder")
 }
 
+/// Marks plugin file `plugin` at `hash` as the version `pipeline` runs
+/// (`current`) or no longer runs: the `sluice_plugin_info` gauge, 1 for
+/// the version in use, which the dashboard shows.
+pub fn plugin_info(pipeline: &str, plugin: &std::path::Path, hash: &str, current: bool) {
+    let file = plugin
+        .file_name()
+        .map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+    metrics::gauge!("sluice_plugin_info", "pipeline" => pipeline.to_string(), "plugin" => file, "hash" => hash.to_string())
+        .set(if current { 1.0 } else { 0.0 });
+}
+
 /// Serves the endpoints on `addr` until `cancel`.
 pub async fn serve(
     addr: SocketAddr,
@@ -92,45 +103,8 @@ fn readiness(started: bool) -> impl IntoResponse {
     )
 }
 
-/// A page that polls `/metrics` and shows per-pipeline counts and rates.
-const DASHBOARD: &str = r#"<!doctype html>
-<html><head><meta charset="utf-8"><title>sluice</title>
-<style>
-body { font: 14px system-ui, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; } td, th { padding: 4px 12px; border-bottom: 1px solid #ddd; text-align: right; }
-th:first-child, td:first-child { text-align: left; } .dim { color: #888; }
-</style></head>
-<body><h1>sluice</h1><p class="dim" id="at">loading…</p>
-<table><thead><tr><th>pipeline</th><th>delivered</th><th>dropped</th><th>retried</th><th>dead-lettered</th><th>reclaimed</th><th>msgs/s</th></tr></thead>
-<tbody id="rows"></tbody></table>
-<script>
-let last = {}, lastAt = 0;
-function parse(text) {
-  const out = {};
-  for (const line of text.split("\n")) {
-    const m = line.match(/^(sluice_\w+)\{([^}]*)\} ([0-9.e+-]+)$/);
-    if (!m) continue;
-    const labels = Object.fromEntries([...m[2].matchAll(/(\w+)="([^"]*)"/g)].map(x => [x[1], x[2]]));
-    const p = labels.pipeline; if (!p) continue;
-    const row = out[p] = out[p] || {};
-    const key = m[1] === "sluice_messages_total" ? labels.status : m[1];
-    row[key] = (row[key] || 0) + Number(m[3]);
-  }
-  return out;
-}
-async function tick() {
-  const now = Date.now(), rows = parse(await (await fetch("/metrics")).text());
-  const dt = (now - lastAt) / 1000;
-  document.getElementById("rows").innerHTML = Object.keys(rows).sort().map(p => {
-    const r = rows[p], total = ["delivered", "dropped", "dead_lettered"].reduce((a, k) => a + (r[k] || 0), 0);
-    const prev = last[p] || total, rate = lastAt ? Math.max(0, (total - prev) / dt) : 0;
-    last[p] = total;
-    return `<tr><td>${p}</td><td>${r.delivered||0}</td><td>${r.dropped||0}</td><td>${r.retried||0}</td>` +
-      `<td>${r.dead_lettered||0}</td><td>${r.sluice_reclaimed_total||0}</td><td>${rate.toFixed(0)}</td></tr>`;
-  }).join("");
-  lastAt = now;
-  document.getElementById("at").textContent = "updated " + new Date(now).toLocaleTimeString();
-}
-tick(); setInterval(tick, 2000);
-</script></body></html>
-"#;
+/// The page at `/`: one card per pipeline with throughput, latency
+/// percentiles, lag, pending, dead letters and errors over the last
+/// minutes, its plugins' hashes, and whether it is stalled, blocked or
+/// waiting on a sink in backoff. Self-contained: no CDN to reach.
+const DASHBOARD: &str = include_str!("dashboard.html");

@@ -420,6 +420,8 @@ async fn swap_plugin(engine: &Engine, pipeline: &str, stage: &Arc<Stage>) {
         Ok(plugin) if plugin.hash() == current.plugin.hash() => {}
         Ok(plugin) => {
             let new_hash = plugin.short_hash().to_string();
+            crate::http::plugin_info(pipeline, path, current.plugin.short_hash(), false);
+            crate::http::plugin_info(pipeline, path, &new_hash, true);
             stage.swap(Version {
                 plugin,
                 settings: current.settings.clone(),

@@ -17,7 +17,8 @@
 //! - `dlq_replay`: `sluice dlq replay` back onto a list, a channel or a stream.
 //! - `group_change`: an edit that changes the consumer group warns about the backlog left.
 //! - `list_recovery`: list sources through crashes, failed settles and take-overs.
-//! - `operations`: `/metrics` counts exactly what was sent; group gauges; `/ready`.
+//! - `operations`: `/metrics` counts exactly what was sent; group gauges; `/ready` with
+//!   reasons; the dashboard in headless Chromium (screenshot in target/test-artifacts/).
 //! - `pubsub_keepalive`: a silent or killed subscription is noticed and renewed.
 //! - `plugins`: core-module plugins (WAT, C) in real pipelines, and their sandbox limits.
 //! - `reload`: plugin swaps and pipeline file edits while messages flow; the compile cache.

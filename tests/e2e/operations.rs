@@ -1,10 +1,14 @@
 //! Operations: what `--http` tells an operator and an autoscaler, checked against what the
 //! test sent and what Redis holds.
 
+use std::time::Duration;
+
+use crate::support::browser::{card_stat, dump_dom, screenshot};
+use crate::support::flow::Producer;
 use crate::support::http::{get, pipeline_readiness, ready, reasons, series};
 use crate::support::pipeline::{GROUP, IN, OUT, stream_to_stream_toml, wait_settled};
 use crate::support::streams::{xadd_many, xlen};
-use crate::support::{Pipeline, RedisServer, Sluice};
+use crate::support::{Pipeline, RedisServer, Sluice, repo_root};
 
 /// The `faults` actions sent, and how many of each.
 const MIX: [(&str, usize); 6] = [
@@ -222,5 +226,76 @@ fn ready_names_a_pipeline_that_could_not_start() {
         detail.contains("asked to fail init"),
         "the plugin's own error: {detail}"
     );
+    sluice.shutdown();
+}
+
+/// Where the dashboard test saves its screenshot (under `target/`, kept after the run; the
+/// README shows it).
+const SCREENSHOT: &str = "target/test-artifacts/dashboard.png";
+
+/// The dashboard in real headless Chromium: a card for every pipeline, its numbers moving
+/// while messages flow, a screenshot kept as an artifact.
+#[test]
+fn dashboard_shows_every_pipeline_in_a_real_browser() {
+    let redis = RedisServer::new();
+    let orders = Pipeline::stream_to_stream(&redis, "uppercase", "", r#"field = "i""#);
+    let audit = Pipeline::write(
+        "audit",
+        &stream_to_stream_toml(&redis, "faults", "", "", "", "")
+            .replace(&format!("group = \"{GROUP}\""), "group = \"audit\"")
+            .replace(&format!("stream = \"{OUT}\""), "stream = \"audit:out\""),
+    );
+    let cache = tempfile::tempdir().expect("a plugin cache dir");
+    let (mut sluice, http) = Sluice::run_http(&[orders.path(), audit.path()], cache.path());
+    sluice.wait_for("/ready 200", |_| ready(&http), |(status, _)| *status == 200);
+    let producer = Producer::start(&redis, IN, 20, Duration::from_millis(50));
+    let url = format!("http://{http}/");
+
+    let dom = dump_dom(&url);
+    for pipeline in ["e2e", "audit"] {
+        assert!(
+            card_stat(&dom, pipeline, "processed").is_some(),
+            "no card for pipeline `{pipeline}` on the dashboard:\n{dom}"
+        );
+    }
+    let processed = |dom: &str| -> u64 {
+        card_stat(dom, "e2e", "processed")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no processed count for `e2e`:\n{dom}"))
+    };
+    let first = processed(&dom);
+    let later = sluice.wait_for(
+        "the dashboard's processed count to grow while messages flow",
+        |_| dump_dom(&url),
+        |dom| processed(dom) > first,
+    );
+    for stat in [
+        "throughput",
+        "p50",
+        "p99",
+        "lag",
+        "pending",
+        "dead",
+        "errors",
+    ] {
+        assert!(
+            card_stat(&later, "e2e", stat).is_some_and(|v| !v.is_empty()),
+            "the card shows `{stat}`:\n{later}"
+        );
+    }
+    let plugins = later
+        .find("data-pipeline=\"e2e\"")
+        .map(|at| &later[at..])
+        .unwrap_or_default();
+    assert!(
+        plugins.contains("uppercase.wasm "),
+        "the card names its plugin and hash:\n{later}"
+    );
+
+    let shot = repo_root().join(SCREENSHOT);
+    let _ = std::fs::remove_file(&shot);
+    screenshot(&url, &shot);
+    println!("dashboard screenshot: {}", shot.display());
+    producer.stop();
     sluice.shutdown();
 }

@@ -92,6 +92,7 @@ pub async fn build(pipeline: Pipeline, ctx: &Context) -> Result<Built> {
             ms = started.elapsed().as_millis() as u64,
             "plugin loaded"
         );
+        crate::http::plugin_info(&name, &p.plugin, stage.current().plugin.short_hash(), true);
         stages.push(Arc::new(stage));
     }
     let sinks = Arc::new(Sinks::build(&pipeline, &url)?);

@@ -22,6 +22,7 @@
 //! - [`proxy`]: a TCP proxy that can turn the connections through it half-open.
 //! - [`logs`]: log lines, their `key=value` fields and timestamps.
 
+pub mod browser;
 pub mod flow;
 pub mod http;
 pub mod keys;
