@@ -14,6 +14,7 @@
 //! ack         delivery status per message decides ack, retry or dead letter
 //! atomic      `atomic = true`: output, dead letters and XACK in one script
 //! backlog     what a group left behind by an edit still holds (pending, lag)
+//! logging     `--log-format text|json`, RUST_LOG
 //! message     the message model shared by all of the above
 //! conn        Redis connections with timeouts that fit their use
 //! embedded    `--redis embedded`: a private redis-server
@@ -43,6 +44,7 @@ pub mod dlq;
 pub mod embedded;
 pub mod group_stats;
 pub mod http;
+pub mod logging;
 pub mod message;
 pub mod pending;
 pub mod pipeline;

@@ -25,6 +25,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How the log (on stderr) is written: `text` for people, `json` (one
+    /// object per line) for log shippers. RUST_LOG / SLUICE_LOG filter it.
+    #[arg(long, global = true, value_enum, default_value_t)]
+    log_format: sluice::logging::LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -171,7 +175,7 @@ enum DlqAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    sluice::logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -234,18 +238,6 @@ fn report(e: &anyhow::Error) -> String {
         }
     }
     parts.join(": ")
-}
-
-fn init_logging() {
-    let filter = std::env::var("SLUICE_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
 }
 
 async fn run(

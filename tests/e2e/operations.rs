@@ -299,3 +299,59 @@ fn dashboard_shows_every_pipeline_in_a_real_browser() {
     producer.stop();
     sluice.shutdown();
 }
+
+/// `--log-format json`: every stderr line is one JSON object; a failure carries its pipeline,
+/// consumer and entry id; RUST_LOG filters the levels.
+#[test]
+fn json_logs_carry_pipeline_and_entry_id_and_honour_rust_log() {
+    let redis = RedisServer::new();
+    let mut con = redis.conn();
+    let ids = xadd_many(&mut con, IN, 1, |_| vec![("action", "fail")]);
+    let pipeline = Pipeline::write(
+        "e2e",
+        &stream_to_stream_toml(&redis, "faults", "claim_idle_ms = 3600000", "", "", ""),
+    );
+    let cache = tempfile::tempdir().expect("a plugin cache dir");
+    let mut sluice = Sluice::spawn_with(
+        [
+            std::ffi::OsStr::new("run"),
+            pipeline.path().as_os_str(),
+            std::ffi::OsStr::new("--no-watch"),
+            std::ffi::OsStr::new("--log-format"),
+            std::ffi::OsStr::new("json"),
+        ],
+        |command| {
+            command
+                .env("SLUICE_CACHE_DIR", cache.path())
+                .env_remove("SLUICE_LOG")
+                .env("RUST_LOG", "warn");
+        },
+    );
+    sluice.wait_for_log(&["failed, will retry"], 1);
+    sluice.shutdown();
+    let log = sluice.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    let failure = lines
+        .iter()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("failed, will retry"))
+        })
+        .expect("the failure is logged");
+    assert_eq!(failure["level"], "WARN", "{failure}");
+    assert_eq!(failure["pipeline"], "e2e", "{failure}");
+    assert_eq!(failure["id"], ids[0].as_str(), "{failure}");
+    assert!(failure["consumer"].is_string(), "{failure}");
+    assert!(
+        failure["ts"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{failure}"
+    );
+    assert!(
+        lines.iter().all(|l| l["level"] != "INFO"),
+        "RUST_LOG=warn hides info lines:\n{log}"
+    );
+}

@@ -77,7 +77,8 @@ async fn consume(s: Arc<Shared>, keys: Arc<Keys>, index: u32, cancel: Cancellati
                 }
             }
         };
-        let span = tracing::info_span!("consumer", pipeline = %p.name, consumer = %consumer);
+        // Error level: the span, and the pipeline it names, outlives any RUST_LOG level.
+        let span = tracing::error_span!("consumer", pipeline = %p.name, consumer = %consumer);
         let lost = cancel.child_token();
         let beat = tokio::spawn(
             heartbeat(

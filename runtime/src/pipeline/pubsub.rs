@@ -60,7 +60,8 @@ pub(super) async fn run(s: Arc<Shared>, cancel: CancellationToken) -> Result<()>
     let tracker = TaskTracker::new();
     tracker.spawn(subscribe(s.clone(), tx, cancel.clone()));
     for index in 0..p.source.consumers {
-        let span = tracing::info_span!("consumer", pipeline = %p.name, consumer = index);
+        // Error level: the span, and the pipeline it names, outlives any RUST_LOG level.
+        let span = tracing::error_span!("consumer", pipeline = %p.name, consumer = index);
         tracker.spawn(consume(s.clone(), rx.clone(), cancel.clone()).instrument(span));
     }
     tracker.close();

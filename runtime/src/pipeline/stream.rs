@@ -98,7 +98,8 @@ async fn run_lane(s: Arc<Shared>, cancel: CancellationToken) {
         // One batch of reclaimed work waits per consumer; more waits in Redis.
         let (feed, reclaimed) = mpsc::channel(1);
         feeds.push((consumer.clone(), feed));
-        let span = tracing::info_span!("consumer", pipeline = %p.name, consumer = %consumer);
+        // Error level: the span, and the pipeline it names, outlives any RUST_LOG level.
+        let span = tracing::error_span!("consumer", pipeline = %p.name, consumer = %consumer);
         tracker.spawn(
             consume(
                 s.clone(),
