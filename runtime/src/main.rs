@@ -76,6 +76,14 @@ enum Command {
         /// Redis URL. Default: $SLUICE_REDIS_URL, then redis://127.0.0.1:6379.
         #[arg(long, value_name = "URL")]
         redis: Option<String>,
+        /// Print JSON (an array of sources: kind, source, group, lag, pending, ...)
+        /// for scripts instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Refresh every 2 s until Ctrl-C: the table redrawn in place, or
+        /// with --json one array per line.
+        #[arg(long)]
+        watch: bool,
     },
     /// Work with plugins.
     Plugin {
@@ -196,7 +204,12 @@ fn main() -> ExitCode {
             } => run(paths, redis, !no_watch, http).await,
             Command::Validate { paths, redis } => validate(paths, redis).await,
             Command::Dlq { action, redis } => dlq(action, redis).await,
-            Command::Status { paths, redis } => status(paths, redis).await,
+            Command::Status {
+                paths,
+                redis,
+                json,
+                watch,
+            } => status(paths, redis, json, watch).await,
             Command::Plugin {
                 action:
                     PluginAction::Test {
@@ -428,17 +441,19 @@ async fn connect(redis: Option<String>) -> Result<redis::aio::MultiplexedConnect
         .map_err(|e| anyhow::anyhow!("cannot reach Redis at {}: {e}", sluice::conn::redact(&url)))
 }
 
-async fn status(paths: Vec<PathBuf>, redis: Option<String>) -> Result<ExitCode> {
-    let rows = if paths.is_empty() {
-        let mut conn = connect(redis).await?;
-        let rows = sluice::status::collect(&mut conn).await?;
-        eprintln!(
-            "pub/sub pipelines keep nothing in Redis: `sluice status PIPELINES...` includes them"
-        );
-        rows
-    } else {
-        // Plugins are not compiled: status needs only where each pipeline reads.
-        let mut pipelines = Vec::new();
+/// How often `status --watch` refreshes.
+const STATUS_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn status(
+    paths: Vec<PathBuf>,
+    redis: Option<String>,
+    json: bool,
+    watch: bool,
+) -> Result<ExitCode> {
+    use std::io::Write as _;
+    // Plugins are not compiled: status needs only where each pipeline reads.
+    let mut pipelines = Vec::new();
+    if !paths.is_empty() {
         for file in pipeline_files(&paths)? {
             match sluice::config::load_file(&file, &|_| Ok(())) {
                 Ok(p) => pipelines.push(p),
@@ -450,10 +465,43 @@ async fn status(paths: Vec<PathBuf>, redis: Option<String>) -> Result<ExitCode> 
                 }
             }
         }
-        sluice::status::collect_pipelines(&pipelines, &default_redis_url(redis)).await?
+    } else if !json {
+        eprintln!(
+            "pub/sub pipelines keep nothing in Redis: `sluice status PIPELINES...` includes them"
+        );
+    }
+    let default_url = default_redis_url(redis.clone());
+    let mut conn = if pipelines.is_empty() {
+        Some(connect(redis).await?)
+    } else {
+        None
     };
-    sluice::status::print(&rows, &mut std::io::stdout().lock())?;
-    Ok(ExitCode::SUCCESS)
+    loop {
+        let rows = match conn.as_mut() {
+            Some(conn) => sluice::status::collect(conn).await?,
+            None => sluice::status::collect_pipelines(&pipelines, &default_url).await?,
+        };
+        let mut out = std::io::stdout().lock();
+        if json {
+            serde_json::to_writer(&mut out, &rows)?;
+            writeln!(out)?;
+        } else {
+            if watch {
+                // Clear the screen and home the cursor: a live view, not a scroll.
+                write!(out, "\x1b[2J\x1b[H")?;
+            }
+            sluice::status::print(&rows, &mut out)?;
+        }
+        out.flush()?;
+        drop(out);
+        if !watch {
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(STATUS_REFRESH) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+        }
+    }
 }
 
 async fn plugin_test(

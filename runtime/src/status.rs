@@ -19,8 +19,8 @@ use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// One source as reported: a stream's consumer group, a list queue, or a
-/// pub/sub pipeline's channels.
-#[derive(Debug, Default)]
+/// pub/sub pipeline's channels (and as `status --json` prints it).
+#[derive(Debug, Default, serde::Serialize)]
 pub struct Row {
     /// The pipeline, when known from its file.
     pub pipeline: Option<String>,
@@ -41,7 +41,9 @@ pub struct Row {
     /// How many consume it: group consumers, live list consumers, or
     /// subscribers to the channels (any client, not only sluice).
     pub consumer_count: usize,
-    /// Consumers by name, with what is known of them (idle time).
+    /// Consumers by name, with what is known of them (idle time); in JSON
+    /// `[{"name": ..., "state": ...}]`.
+    #[serde(serialize_with = "consumers_json")]
     pub consumers: Vec<(String, String)>,
     /// Length of the dead-letter stream, if it exists.
     pub dead_letters: Option<i64>,
@@ -445,4 +447,15 @@ mod tests {
         let at: Vec<Option<usize>> = text.lines().map(|l| l.find(" g ")).collect();
         assert!(at.len() == 3 && at[1] == at[2] && at[1].is_some(), "{text}");
     }
+}
+
+fn consumers_json<S: serde::Serializer>(
+    consumers: &[(String, String)],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(
+        consumers
+            .iter()
+            .map(|(name, state)| serde_json::json!({"name": name, "state": state})),
+    )
 }

@@ -355,3 +355,84 @@ fn json_logs_carry_pipeline_and_entry_id_and_honour_rust_log() {
         "RUST_LOG=warn hides info lines:\n{log}"
     );
 }
+
+/// `sluice status --json` reports what XINFO GROUPS and XPENDING say; `--watch` refreshes
+/// until Ctrl-C.
+#[test]
+fn status_json_matches_xinfo_and_xpending_and_watch_refreshes() {
+    let redis = RedisServer::new();
+    let mut con = redis.conn();
+    xadd_many(&mut con, "orders", 10, |i| vec![("i", i.to_string())]);
+    xadd_many(&mut con, "orders:dead", 2, |i| vec![("i", i.to_string())]);
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("orders")
+        .arg("g")
+        .arg("0")
+        .query(&mut con)
+        .expect("XGROUP CREATE");
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg("c1")
+        .arg("COUNT")
+        .arg(4)
+        .arg("STREAMS")
+        .arg("orders")
+        .arg(">")
+        .query(&mut con)
+        .expect("XREADGROUP");
+    let info: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg("orders")
+        .query(&mut con)
+        .expect("XINFO GROUPS");
+    let xinfo_lag = match info[0].get("lag") {
+        Some(redis::Value::Int(lag)) => *lag,
+        other => panic!("lag: {other:?}"),
+    };
+    let (xpending, ..): (i64, String, String, redis::Value) = redis::cmd("XPENDING")
+        .arg("orders")
+        .arg("g")
+        .query(&mut con)
+        .expect("XPENDING");
+
+    let status = Sluice::exec(["status", "--redis", &redis.url(), "--json"]);
+    let groups: serde_json::Value =
+        serde_json::from_str(&status.stdout()).expect("status --json prints JSON");
+    let g = groups
+        .as_array()
+        .and_then(|all| all.iter().find(|g| g["group"] == "g"))
+        .unwrap_or_else(|| panic!("group g listed: {groups}"));
+    assert_eq!(
+        (&g["kind"], &g["source"]),
+        (&"stream".into(), &"orders".into()),
+        "{g}"
+    );
+    assert_eq!(g["lag"], xinfo_lag, "{g}");
+    assert_eq!(g["pending"], xpending, "{g}");
+    assert_eq!((xinfo_lag, xpending), (6, 4));
+    assert_eq!(g["consumers"][0]["name"], "c1", "{g}");
+    assert!(
+        g["consumers"][0]["state"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("idle")),
+        "{g}"
+    );
+    assert!(g["oldest_pending_ms"].is_u64(), "{g}");
+    assert_eq!(g["dead_letters"], 2, "{g}");
+
+    let mut watch = Sluice::spawn(["status", "--redis", &redis.url(), "--json", "--watch"]);
+    watch.wait_until("a first refresh", |w| w.stdout().lines().count() >= 1);
+    xadd_many(&mut con, "orders", 1, |i| vec![("i", i.to_string())]);
+    watch.wait_until("a refresh showing lag 7", |w| {
+        w.stdout().lines().any(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v.as_array().cloned())
+                .is_some_and(|all| all.iter().any(|g| g["group"] == "g" && g["lag"] == 7))
+        })
+    });
+    watch.sigint();
+    assert!(watch.wait_exit(crate::support::PATIENCE).success());
+}
