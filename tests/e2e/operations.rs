@@ -229,8 +229,8 @@ fn ready_names_a_pipeline_that_could_not_start() {
     sluice.shutdown();
 }
 
-/// Where the dashboard test saves its screenshot (under `target/`, kept after the run; the
-/// README shows it).
+/// Where the dashboard test saves its screenshot (under `target/`, kept after the run). The
+/// README shows a copy: `cp target/test-artifacts/dashboard.png docs/`.
 const SCREENSHOT: &str = "target/test-artifacts/dashboard.png";
 
 /// The dashboard in real headless Chromium: a card for every pipeline, its numbers moving
