@@ -166,7 +166,7 @@ async fn write_through_outages(
 ) -> Vec<Result<(), SinkError>> {
     let mut results: Vec<Option<Result<(), SinkError>>> = vec![None; items.len()];
     let mut todo: Vec<usize> = (0..items.len()).collect();
-    let mut outage = Outage::new(name);
+    let mut outage = Outage::of_sink(pipeline);
     let mut stopped_at: Option<Instant> = None;
     let mut backoff = None;
     while !todo.is_empty() {

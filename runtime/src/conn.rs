@@ -99,6 +99,8 @@ pub struct Outage {
     attempt: u32,
     /// Held during the outage: `/ready` reports the pipeline blocked.
     blocker: Option<crate::readiness::Blocker>,
+    /// False for a sink's Redis: the sink reports its own backoff.
+    reports_readiness: bool,
 }
 
 impl Outage {
@@ -110,6 +112,17 @@ impl Outage {
             since: None,
             attempt: 0,
             blocker: None,
+            reports_readiness: true,
+        }
+    }
+
+    /// No outage yet of the Redis a sink of `pipeline` writes to. Logged and
+    /// counted for the pipeline; `/ready` hears of it from the sink
+    /// (`sink_backoff`), not from here.
+    pub fn of_sink(pipeline: &str) -> Self {
+        Outage {
+            reports_readiness: false,
+            ..Outage::new(pipeline)
         }
     }
 
@@ -129,13 +142,15 @@ impl Outage {
                 .increment(1);
             let redis = self.redis.as_deref().unwrap_or("");
             warn!(pipeline = %self.pipeline, redis, "Redis unavailable while {what}: {e}; retrying with backoff");
-            self.blocker = Some(crate::readiness::block(
-                &self.pipeline,
-                crate::readiness::Reason::RedisUnreachable,
-                format!("{redis} while {what}: {e}")
-                    .trim_start()
-                    .to_string(),
-            ));
+            self.blocker = self.reports_readiness.then(|| {
+                crate::readiness::block(
+                    &self.pipeline,
+                    crate::readiness::Reason::RedisUnreachable,
+                    format!("{redis} while {what}: {e}")
+                        .trim_start()
+                        .to_string(),
+                )
+            });
         }
     }
 

@@ -436,3 +436,61 @@ fn status_json_matches_xinfo_and_xpending_and_watch_refreshes() {
     watch.sigint();
     assert!(watch.wait_exit(crate::support::PATIENCE).success());
 }
+
+/// A sink whose Redis is down holds its pipeline's intake: `/ready` says `sink_backoff`, the
+/// `sluice_sink_backoff` gauge is up, and the dashboard marks the card; once the sink's Redis is
+/// back every message lands and `/ready` is 200 again.
+#[test]
+fn a_sink_in_backoff_shows_in_ready_metrics_and_dashboard() {
+    let redis = RedisServer::new();
+    let mut sink_redis = RedisServer::new();
+    let mut con = redis.conn();
+    let pipeline = Pipeline::write(
+        "e2e",
+        &stream_to_stream_toml(
+            &redis,
+            "uppercase",
+            "",
+            "",
+            r#"field = "i""#,
+            &format!("url = \"{}\"", sink_redis.url()),
+        ),
+    );
+    let cache = tempfile::tempdir().expect("a plugin cache dir");
+    let (mut sluice, http) = Sluice::run_http(&[pipeline.path()], cache.path());
+    sluice.wait_for("/ready 200", |_| ready(&http), |(status, _)| *status == 200);
+
+    sink_redis.stop();
+    xadd_many(&mut con, IN, 5, |i| vec![("i", i.to_string())]);
+    let (_, json) = sluice.wait_for(
+        "/ready 503 naming the sink",
+        |_| ready(&http),
+        |(status, json)| *status == 503 && reasons(json, "e2e") == ["sink_backoff"],
+    );
+    let detail = json["pipelines"][0]["reasons"][0]["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(detail.contains("sink `out`"), "{detail}");
+    let (_, text) = get(&http, "/metrics");
+    assert_eq!(
+        series(&text, "sluice_sink_backoff", r#"pipeline="e2e",sink="out""#),
+        Some(1.0),
+        "{text}"
+    );
+    let dom = dump_dom(&format!("http://{http}/"));
+    assert!(
+        dom.contains(r#"data-pipeline="e2e" data-state="sink backoff · intake paused""#),
+        "the card shows the backoff:\n{dom}"
+    );
+
+    sink_redis.start();
+    sluice.wait_for(
+        "/ready 200 again",
+        |_| ready(&http),
+        |(status, _)| *status == 200,
+    );
+    let mut sink_con = sink_redis.conn();
+    sluice.wait_until("5 entries in the sink", |_| xlen(&mut sink_con, OUT) == 5);
+    sluice.shutdown();
+}
