@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::browser::{card_stat, dump_dom, screenshot};
+use crate::support::browser::{card_stat, dump_dom, dump_dom_after, screenshot};
 use crate::support::flow::Producer;
 use crate::support::http::{get, pipeline_readiness, ready, reasons, series};
 use crate::support::pipeline::{GROUP, IN, OUT, stream_to_stream_toml, wait_settled};
@@ -493,4 +493,39 @@ fn a_sink_in_backoff_shows_in_ready_metrics_and_dashboard() {
     let mut sink_con = sink_redis.conn();
     sluice.wait_until("5 entries in the sink", |_| xlen(&mut sink_con, OUT) == 5);
     sluice.shutdown();
+}
+
+/// A pipeline whose plugin hangs on a batch, with work pending, is marked stalled on the
+/// dashboard once it has made no progress for several polls.
+#[test]
+fn the_dashboard_marks_a_stalled_pipeline() {
+    let redis = RedisServer::new();
+    let mut con = redis.conn();
+    xadd_many(&mut con, IN, 5, |_| vec![("action", "ok")]);
+    let pipeline = Pipeline::write(
+        "e2e",
+        &stream_to_stream_toml(
+            &redis,
+            "faults",
+            "claim_idle_ms = 3600000",
+            "timeout_ms = 600000",
+            "sleep_ms = 600000",
+            "",
+        ),
+    );
+    let cache = tempfile::tempdir().expect("a plugin cache dir");
+    let (mut sluice, http) = Sluice::run_http(&[pipeline.path()], cache.path());
+    let group = format!(r#"pipeline="e2e",stream="{IN}",group="{GROUP}""#);
+    sluice.wait_for(
+        "5 entries pending in the group poll",
+        |_| get(&http, "/metrics").1,
+        |text| series(text, "sluice_group_pending", &group) == Some(5.0),
+    );
+    // Several polls with pending work and nothing processed.
+    let dom = dump_dom_after(&format!("http://{http}/"), 14_000);
+    assert!(
+        dom.contains(r#"data-pipeline="e2e" data-state="stalled""#),
+        "the card shows the stall:\n{dom}"
+    );
+    assert_eq!(card_stat(&dom, "e2e", "pending").as_deref(), Some("5"));
 }

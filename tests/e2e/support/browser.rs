@@ -33,6 +33,10 @@ fn chromium() -> PathBuf {
 }
 
 fn headless(url: &str, extra: &[&str]) -> String {
+    headless_for(url, SCRIPT_BUDGET_MS, extra)
+}
+
+fn headless_for(url: &str, budget_ms: u32, extra: &[&str]) -> String {
     let profile = tempfile::tempdir().expect("a temp dir for the browser profile");
     let output = Command::new(chromium())
         .args([
@@ -42,7 +46,7 @@ fn headless(url: &str, extra: &[&str]) -> String {
             "--hide-scrollbars",
             "--no-first-run",
             &format!("--user-data-dir={}", profile.path().display()),
-            &format!("--virtual-time-budget={SCRIPT_BUDGET_MS}"),
+            &format!("--virtual-time-budget={budget_ms}"),
         ])
         .args(extra)
         .arg(url)
@@ -60,6 +64,12 @@ fn headless(url: &str, extra: &[&str]) -> String {
 /// The DOM of `url` after its script ran.
 pub fn dump_dom(url: &str) -> String {
     headless(url, &["--dump-dom"])
+}
+
+/// The DOM of `url` after its script ran for `budget_ms` (virtual time): for what the page
+/// only concludes after watching a while.
+pub fn dump_dom_after(url: &str, budget_ms: u32) -> String {
+    headless_for(url, budget_ms, &["--dump-dom"])
 }
 
 /// Saves a screenshot of `url` (after its script ran) to `path`, creating its folder.
