@@ -529,3 +529,35 @@ fn the_dashboard_marks_a_stalled_pipeline() {
     );
     assert_eq!(card_stat(&dom, "e2e", "pending").as_deref(), Some("5"));
 }
+
+/// A group that cannot be created (the key holds a string, not a stream) is reported as
+/// `group_missing` with Redis's error; once the key is fixed the pipeline consumes.
+#[test]
+fn ready_names_a_group_that_cannot_be_created() {
+    let redis = RedisServer::new();
+    let mut con = redis.conn();
+    let _: () = redis::cmd("SET")
+        .arg(IN)
+        .arg("not a stream")
+        .query(&mut con)
+        .expect("SET");
+    let pipeline = Pipeline::stream_to_stream(&redis, "uppercase", "", r#"field = "i""#);
+    let cache = tempfile::tempdir().expect("a plugin cache dir");
+    let (mut sluice, http) = Sluice::run_http(&[pipeline.path()], cache.path());
+    let (_, json) = sluice.wait_for(
+        "/ready 503 naming the group",
+        |_| ready(&http),
+        |(status, json)| *status == 503 && reasons(json, "e2e") == ["group_missing"],
+    );
+    let detail = json["pipelines"][0]["reasons"][0]["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(detail.contains("WRONGTYPE"), "Redis's own error: {detail}");
+
+    let _: () = redis::cmd("DEL").arg(IN).query(&mut con).expect("DEL");
+    sluice.wait_for("/ready 200", |_| ready(&http), |(status, _)| *status == 200);
+    xadd_many(&mut con, IN, 3, |i| vec![("i", i.to_string())]);
+    wait_settled(&mut con, &mut sluice, 3, 0);
+    sluice.shutdown();
+}
