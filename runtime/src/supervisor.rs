@@ -212,8 +212,10 @@ impl Supervisor {
             .collect();
         for e in &errors {
             let file = watch::normalize(&e.file);
-            if self.running.contains_key(&file) {
+            if let Some(running) = self.running.get(&file) {
                 error!("invalid edit, keeping the running version: {e}");
+                metrics::counter!("sluice_pipeline_reloads_total", "pipeline" => running.pipeline.name.clone(), "result" => "invalid")
+                    .increment(1);
             } else {
                 error!("invalid pipeline file, not started: {e}");
                 let name = names.get(&file).cloned().unwrap_or_else(|| {
@@ -233,8 +235,9 @@ impl Supervisor {
         for file in gone {
             let running = self.running.remove(&file).expect("listed above");
             info!(pipeline = %running.pipeline.name, file = %file.display(), "pipeline file removed: draining and stopping");
+            let name = running.pipeline.name.clone();
             running.drain().await;
-            metrics::counter!("sluice_pipeline_reloads_total", "result" => "removed").increment(1);
+            metrics::counter!("sluice_pipeline_reloads_total", "pipeline" => name, "result" => "removed").increment(1);
         }
         // Before they start, so no change to their plugins goes unseen.
         self.watch(&valid);
@@ -290,13 +293,13 @@ impl Supervisor {
             match reinit(old, &pipeline).await {
                 Ok(()) => {
                     info!(pipeline = %name, "processor config changed: plugins re-initialised, consumers kept running");
-                    metrics::counter!("sluice_pipeline_reloads_total", "result" => "reinit")
+                    metrics::counter!("sluice_pipeline_reloads_total", "pipeline" => name.clone(), "result" => "reinit")
                         .increment(1);
                     self.running.get_mut(&file).expect("present").pipeline = pipeline;
                 }
                 Err(e) => {
                     error!(pipeline = %name, "processor config change refused, keeping the running version: {e}");
-                    metrics::counter!("sluice_pipeline_reloads_total", "result" => "error")
+                    metrics::counter!("sluice_pipeline_reloads_total", "pipeline" => name.clone(), "result" => "error")
                         .increment(1);
                 }
             }
@@ -308,7 +311,7 @@ impl Supervisor {
             Ok(built) => built,
             Err(e) => {
                 error!(pipeline = %name, "changed pipeline cannot start, keeping the running version: {e:#}");
-                metrics::counter!("sluice_pipeline_reloads_total", "result" => "error")
+                metrics::counter!("sluice_pipeline_reloads_total", "pipeline" => name.clone(), "result" => "error")
                     .increment(1);
                 return;
             }
@@ -322,7 +325,7 @@ impl Supervisor {
         }
         self.running.insert(file, spawn(built, pipeline));
         info!(pipeline = %name, ms = started.elapsed().as_millis() as u64, "pipeline restarted with the new config");
-        metrics::counter!("sluice_pipeline_reloads_total", "result" => "restarted").increment(1);
+        metrics::counter!("sluice_pipeline_reloads_total", "pipeline" => name.clone(), "result" => "restarted").increment(1);
     }
 
     /// Builds and spawns `pipeline`; on failure, the error.

@@ -561,3 +561,53 @@ fn ready_names_a_group_that_cannot_be_created() {
     wait_settled(&mut con, &mut sluice, 3, 0);
     sluice.shutdown();
 }
+
+/// Reloads are counted per pipeline and outcome: a config-only edit re-initialises the plugin,
+/// an invalid edit is refused (and the running version keeps `/ready` at 200).
+#[test]
+fn reloads_and_refused_edits_are_counted_per_pipeline() {
+    let redis = RedisServer::new();
+    let dir = tempfile::tempdir().expect("a pipeline folder");
+    let file = dir.path().join("e2e.toml");
+    let toml = |config: &str| stream_to_stream_toml(&redis, "faults", "", "", config, "");
+    std::fs::write(&file, toml("")).expect("write e2e.toml");
+    let cache = tempfile::tempdir().expect("a plugin cache dir");
+    let mut sluice = Sluice::spawn_with(
+        [
+            std::ffi::OsStr::new("run"),
+            dir.path().as_os_str(),
+            std::ffi::OsStr::new("--http"),
+            std::ffi::OsStr::new("127.0.0.1:0"),
+        ],
+        |command| {
+            command.env("SLUICE_CACHE_DIR", cache.path());
+        },
+    );
+    let served = sluice.wait_for_log(&["serving /metrics"], 1);
+    let http = crate::support::logs::field(&served[0], "addr")
+        .expect("the address served")
+        .to_owned();
+    sluice.wait_for("/ready 200", |_| ready(&http), |(status, _)| *status == 200);
+    let reloads = |text: &str, result: &str| {
+        series(
+            text,
+            "sluice_pipeline_reloads_total",
+            &format!(r#"pipeline="e2e",result="{result}""#),
+        )
+    };
+
+    std::fs::write(&file, toml(r#"field = "kind""#)).expect("edit e2e.toml");
+    sluice.wait_for(
+        "a re-init counted",
+        |_| get(&http, "/metrics").1,
+        |text| reloads(text, "reinit") == Some(1.0),
+    );
+    std::fs::write(&file, toml(r#"field = "kind""#) + "\nnot toml [").expect("break e2e.toml");
+    sluice.wait_for(
+        "a refused edit counted",
+        |_| get(&http, "/metrics").1,
+        |text| reloads(text, "invalid") == Some(1.0),
+    );
+    assert_eq!(ready(&http).0, 200, "the running version keeps consuming");
+    sluice.shutdown();
+}
