@@ -405,6 +405,17 @@ fn int(v: Option<&Value>) -> Option<i64> {
     }
 }
 
+fn consumers_json<S: serde::Serializer>(
+    consumers: &[(String, String)],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(
+        consumers
+            .iter()
+            .map(|(name, state)| serde_json::json!({"name": name, "state": state})),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -447,15 +458,4 @@ mod tests {
         let at: Vec<Option<usize>> = text.lines().map(|l| l.find(" g ")).collect();
         assert!(at.len() == 3 && at[1] == at[2] && at[1].is_some(), "{text}");
     }
-}
-
-fn consumers_json<S: serde::Serializer>(
-    consumers: &[(String, String)],
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.collect_seq(
-        consumers
-            .iter()
-            .map(|(name, state)| serde_json::json!({"name": name, "state": state})),
-    )
 }
