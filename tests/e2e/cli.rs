@@ -8,7 +8,7 @@ use std::process::Command;
 
 use crate::support::keys::{lrange_all, subscribers};
 use crate::support::pipeline::{GROUP, IN, stream_source};
-use crate::support::streams::{group_exists, xadd_many, xlen};
+use crate::support::streams::{create_group, group_exists, xadd_many, xlen};
 use crate::support::{PATIENCE, Pipeline, RedisServer, Sluice, plugin};
 
 /// Runs `sluice ARGS...` to its end with `configure` applied; returns (exit code, stdout,
@@ -117,13 +117,7 @@ fn pending_with_a_wrong_group_names_the_groups_once() {
     let redis = RedisServer::new();
     let mut con = redis.conn();
     xadd_many(&mut con, IN, 1, |i| vec![("i", i.to_string())]);
-    redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(IN)
-        .arg(GROUP)
-        .arg("0")
-        .query::<()>(&mut con)
-        .expect("XGROUP CREATE");
+    create_group(&mut con, IN, GROUP, "0");
     assert!(group_exists(&mut con, IN, GROUP));
 
     let (code, _, stderr) = finish(["pending", IN, "wrong", "--redis", &redis.url()], |_| {});

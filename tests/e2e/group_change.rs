@@ -4,7 +4,9 @@
 //! the edit is applied (README, "Hot reload").
 
 use crate::support::pipeline::{IN, OUT};
-use crate::support::streams::{group_exists, pending_count, xadd_many, xlen};
+use crate::support::streams::{
+    create_group, group_exists, pending_count, read_as, xadd_many, xlen,
+};
 use crate::support::{Pipeline, RedisServer, Sluice, plugin};
 
 /// Stream [`IN`] read by `group` from `$` (the default: new entries only) → faults → [`OUT`].
@@ -78,24 +80,8 @@ fn validate_with_redis_warns_when_a_new_group_would_skip_entries() {
     let mut con = redis.conn();
     xadd_many(&mut con, IN, 3, |i| vec![("n", i)]);
     // Group `v1` read one entry and never acked it; two more wait for it.
-    let () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(IN)
-        .arg("v1")
-        .arg("0")
-        .query(&mut con)
-        .expect("XGROUP CREATE");
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("v1")
-        .arg("c")
-        .arg("COUNT")
-        .arg(1)
-        .arg("STREAMS")
-        .arg(IN)
-        .arg(">")
-        .query(&mut con)
-        .expect("XREADGROUP");
+    create_group(&mut con, IN, "v1", "0");
+    read_as(&mut con, IN, "v1", "c", 1);
     let pipeline = Pipeline::write("orders", &pipeline_toml(&redis, "v2"));
     let path = pipeline.path().to_str().expect("a UTF-8 path");
 

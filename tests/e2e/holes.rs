@@ -10,7 +10,8 @@ use redis::Connection;
 use crate::guarantees::{DEAD, Spec, dead_letters_by_index, index_only, start, tally};
 use crate::support::pipeline::{GROUP, IN, OUT, stream_source};
 use crate::support::streams::{
-    Entry, group_exists, pending_count, pending_entries, xadd_many, xlen, xrange_all,
+    Entry, create_group, group_exists, pending_count, pending_entries, pending_if_group, read_as,
+    xadd_many, xlen, xrange_all,
 };
 use crate::support::{Pipeline, RedisServer, Sluice, plugin, wait_for};
 
@@ -33,6 +34,12 @@ fn config_set(con: &mut Connection, key: &str, value: &str) {
         .arg(value)
         .query::<()>(con)
         .unwrap_or_else(|e| panic!("CONFIG SET {key} {value}: {e}"));
+}
+
+/// Input `i` for `faults`: the first input fails (retry), the others pass.
+fn first_fails(i: usize) -> Vec<(&'static str, String)> {
+    let action = if i == 0 { "fail" } else { "ok" };
+    vec![("i", i.to_string()), ("action", action.to_string())]
 }
 
 /// Watches `check` for `window`, failing at the first sample for which it does not hold:
@@ -88,8 +95,7 @@ fn id_field_acks_only_ids_the_sink_really_holds() {
     sluice.wait_for(
         "every input settled: (dead letters, pending)",
         |_| {
-            let pending =
-                group_exists(&mut con, IN, GROUP).then(|| pending_count(&mut con, IN, GROUP));
+            let pending = pending_if_group(&mut con, IN, GROUP);
             (xlen(&mut con, DEAD), pending)
         },
         |seen| *seen == (INPUTS / 2, Some(0)),
@@ -160,10 +166,7 @@ fn killed_connections_burn_no_deliveries_and_duplicate_nothing() {
     const INPUTS: usize = 200;
     let redis = RedisServer::new();
     let mut con = redis.conn();
-    let ids = xadd_many(&mut con, IN, INPUTS, |i| {
-        let action = if i == 0 { "fail" } else { "ok" };
-        vec![("i", i.to_string()), ("action", action.to_string())]
-    });
+    let ids = xadd_many(&mut con, IN, INPUTS, first_fails);
     let pipeline = Spec {
         atomic: true,
         ..Spec::new("claim_idle_ms = 30000\nmax_deliveries = 5", "")
@@ -173,8 +176,7 @@ fn killed_connections_burn_no_deliveries_and_duplicate_nothing() {
     sluice.wait_for(
         "every input but the failing one written, (outputs, pending)",
         |_| {
-            let pending =
-                group_exists(&mut con, IN, GROUP).then(|| pending_count(&mut con, IN, GROUP));
+            let pending = pending_if_group(&mut con, IN, GROUP);
             (xlen(&mut con, OUT), pending)
         },
         |seen| *seen == (INPUTS - 1, Some(1)),
@@ -279,10 +281,7 @@ fn retried_work_is_served_within_a_few_batches_under_a_backlog() {
     const INPUTS: usize = 10_000;
     let redis = RedisServer::new();
     let mut con = redis.conn();
-    xadd_many(&mut con, IN, INPUTS, |i| {
-        let action = if i == 0 { "fail" } else { "ok" };
-        vec![("i", i.to_string()), ("action", action.to_string())]
-    });
+    xadd_many(&mut con, IN, INPUTS, first_fails);
     // Each batch of 20 sleeps 10 ms: the backlog takes at least 5 s, however fast the machine.
     let pipeline = Spec::new(
         "batch = 20\nclaim_idle_ms = 300\nmax_deliveries = 2",
@@ -361,24 +360,8 @@ fn pending_entries_whose_data_was_trimmed_are_dead_lettered() {
     let mut con = redis.conn();
     let ids = xadd_many(&mut con, IN, 10, index_only);
     // A consumer that read them and died: they are pending under its name.
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(IN)
-        .arg(GROUP)
-        .arg("0")
-        .query(&mut con)
-        .expect("create the group");
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(GROUP)
-        .arg("ghost")
-        .arg("COUNT")
-        .arg(10)
-        .arg("STREAMS")
-        .arg(IN)
-        .arg(">")
-        .query(&mut con)
-        .expect("read as the dead consumer");
+    create_group(&mut con, IN, GROUP, "0");
+    read_as(&mut con, IN, GROUP, "ghost", 10);
     let gone: Vec<&String> = ids.iter().step_by(2).collect();
     let _: usize = redis::cmd("XDEL")
         .arg(IN)
@@ -425,13 +408,7 @@ fn dead_consumers_that_own_nothing_are_removed() {
     let redis = RedisServer::new();
     let mut con = redis.conn();
     xadd_many(&mut con, IN, 3, index_only);
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(IN)
-        .arg(GROUP)
-        .arg("0")
-        .query(&mut con)
-        .expect("create the group");
+    create_group(&mut con, IN, GROUP, "0");
     // One dead consumer that owns nothing, one that still owns an entry.
     let _: i64 = redis::cmd("XGROUP")
         .arg("CREATECONSUMER")
@@ -440,17 +417,7 @@ fn dead_consumers_that_own_nothing_are_removed() {
         .arg("dead-idle")
         .query(&mut con)
         .expect("create a consumer");
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(GROUP)
-        .arg("dead-owner")
-        .arg("COUNT")
-        .arg(1)
-        .arg("STREAMS")
-        .arg(IN)
-        .arg(">")
-        .query(&mut con)
-        .expect("read as a consumer that dies");
+    read_as(&mut con, IN, GROUP, "dead-owner", 1);
     let pipeline =
         Spec::new("claim_idle_ms = 500\nremove_consumers_idle_ms = 300", "").write(&redis);
     let mut sluice = start(&pipeline);
@@ -561,8 +528,7 @@ fn fan_out_children_fail_or_drop_without_silently_losing_siblings() {
     sluice.wait_for(
         "(outputs, dead letters, pending)",
         |_| {
-            let pending =
-                group_exists(&mut con, IN, GROUP).then(|| pending_count(&mut con, IN, GROUP));
+            let pending = pending_if_group(&mut con, IN, GROUP);
             (xlen(&mut con, OUT), xlen(&mut con, DEAD), pending)
         },
         |seen| *seen == (4, 1, Some(0)),

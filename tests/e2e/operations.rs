@@ -7,7 +7,7 @@ use crate::support::browser::{card_stat, dump_dom, dump_dom_after, screenshot};
 use crate::support::flow::Producer;
 use crate::support::http::{get, pipeline_readiness, ready, reasons, series};
 use crate::support::pipeline::{GROUP, IN, OUT, stream_to_stream_toml, wait_settled};
-use crate::support::streams::{xadd_many, xlen};
+use crate::support::streams::{create_group, read_as, xadd_many, xlen};
 use crate::support::{Pipeline, RedisServer, Sluice, repo_root};
 
 /// The `faults` actions sent, and how many of each.
@@ -364,24 +364,8 @@ fn status_json_matches_xinfo_and_xpending_and_watch_refreshes() {
     let mut con = redis.conn();
     xadd_many(&mut con, "orders", 10, |i| vec![("i", i.to_string())]);
     xadd_many(&mut con, "orders:dead", 2, |i| vec![("i", i.to_string())]);
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg("orders")
-        .arg("g")
-        .arg("0")
-        .query(&mut con)
-        .expect("XGROUP CREATE");
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("g")
-        .arg("c1")
-        .arg("COUNT")
-        .arg(4)
-        .arg("STREAMS")
-        .arg("orders")
-        .arg(">")
-        .query(&mut con)
-        .expect("XREADGROUP");
+    create_group(&mut con, "orders", "g", "0");
+    read_as(&mut con, "orders", "g", "c1", 4);
     let info: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
         .arg("GROUPS")
         .arg("orders")

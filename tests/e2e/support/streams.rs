@@ -177,3 +177,35 @@ fn group_info(con: &mut Connection, stream: &str, group: &str) -> Option<StreamI
         Err(e) => panic!("XINFO GROUPS {stream}: {e}"),
     }
 }
+
+/// XGROUP CREATE `group` on `stream` at `start`, as a group a test sets up before sluice runs.
+pub fn create_group(con: &mut Connection, stream: &str, group: &str, start: &str) {
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(group)
+        .arg(start)
+        .query::<()>(con)
+        .unwrap_or_else(|e| panic!("XGROUP CREATE {stream} {group} {start}: {e}"));
+}
+
+/// Reads up to `count` new entries of `stream` as `consumer` of `group` and never acks them:
+/// a consumer that took work and died. They stay pending under its name.
+pub fn read_as(con: &mut Connection, stream: &str, group: &str, consumer: &str, count: usize) {
+    redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(group)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count)
+        .arg("STREAMS")
+        .arg(stream)
+        .arg(">")
+        .query::<redis::Value>(con)
+        .unwrap_or_else(|e| panic!("XREADGROUP {group} {consumer} {stream}: {e}"));
+}
+
+/// Pending entries of the group, or None while it does not exist yet (sluice creates it).
+pub fn pending_if_group(con: &mut Connection, stream: &str, group: &str) -> Option<usize> {
+    group_exists(con, stream, group).then(|| pending_count(con, stream, group))
+}
