@@ -10,7 +10,7 @@
 
 use crate::config::{Pipeline, SourceType};
 use crate::message::stream_id_ms;
-use crate::source::list::Keys;
+use crate::source::list::{Keys, glob_escape};
 use anyhow::Result;
 use redis::Value;
 use redis::aio::MultiplexedConnection;
@@ -303,16 +303,6 @@ async fn xlen(conn: &mut MultiplexedConnection, stream: &str) -> Result<Option<i
         Some(redis::cmd("XLEN").arg(stream).query_async(conn).await?)
     } else {
         None
-    })
-}
-
-fn glob_escape(s: &str) -> String {
-    s.chars().fold(String::new(), |mut out, c| {
-        if "*?[]\\".contains(c) {
-            out.push('\\');
-        }
-        out.push(c);
-        out
     })
 }
 

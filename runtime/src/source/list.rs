@@ -137,7 +137,8 @@ impl Keys {
     }
 }
 
-fn glob_escape(s: &str) -> String {
+/// `s` with the characters SCAN MATCH treats as wildcards escaped.
+pub fn glob_escape(s: &str) -> String {
     s.chars().fold(String::new(), |mut out, c| {
         if "*?[]\\".contains(c) {
             out.push('\\');
