@@ -110,6 +110,12 @@ pub async fn replay(
         anyhow::ensure!(ids.is_empty(), "{stream} is empty");
         return Ok(0);
     };
+    let total = if ids.is_empty() {
+        redis::cmd("XLEN").arg(stream).query_async(conn).await?
+    } else {
+        ids.len() as u64
+    };
+    let progress = crate::progress::Progress::new(total, "replaying");
     loop {
         let entries = if ids.is_empty() {
             range(conn, stream, &cursor, &end, CHUNK).await?
@@ -190,6 +196,7 @@ pub async fn replay(
                 .await?;
         }
         replayed += added.len();
+        progress.advance(entries.len() as u64);
         if let Some(e) = failed {
             anyhow::bail!("replayed {replayed}, then a replay failed: {e}");
         }

@@ -91,17 +91,24 @@ pub async fn ack(
     group: &str,
     entries: &[Entry],
 ) -> Result<i64> {
-    let ids: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
-    if ids.is_empty() {
-        return Ok(0);
+    let progress = crate::progress::Progress::new(entries.len() as u64, "acking");
+    let mut acked = 0;
+    for chunk in entries.chunks(CHUNK) {
+        let ids: Vec<&str> = chunk.iter().map(|e| e.0.as_str()).collect();
+        acked += redis::cmd("XACK")
+            .arg(stream)
+            .arg(group)
+            .arg(ids)
+            .query_async::<i64>(conn)
+            .await?;
+        progress.advance(chunk.len() as u64);
     }
-    Ok(redis::cmd("XACK")
-        .arg(stream)
-        .arg(group)
-        .arg(ids)
-        .query_async(conn)
-        .await?)
+    Ok(acked)
 }
+
+/// Ids per XACK or XCLAIM: many entries go in several commands, so none
+/// blocks Redis for long and progress can be shown.
+const CHUNK: usize = 1000;
 
 /// Gives `entries` to `consumer` (e.g. a live one), if still idle at least
 /// `min_idle_ms`. Returns how many moved.
@@ -113,18 +120,21 @@ pub async fn claim(
     min_idle_ms: u64,
     entries: &[Entry],
 ) -> Result<usize> {
-    let ids: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
-    if ids.is_empty() {
-        return Ok(0);
+    let progress = crate::progress::Progress::new(entries.len() as u64, "claiming");
+    let mut moved = 0;
+    for chunk in entries.chunks(CHUNK) {
+        let ids: Vec<&str> = chunk.iter().map(|e| e.0.as_str()).collect();
+        let claimed: Vec<String> = redis::cmd("XCLAIM")
+            .arg(stream)
+            .arg(group)
+            .arg(consumer)
+            .arg(min_idle_ms)
+            .arg(ids)
+            .arg("JUSTID")
+            .query_async(conn)
+            .await?;
+        moved += claimed.len();
+        progress.advance(chunk.len() as u64);
     }
-    let moved: Vec<String> = redis::cmd("XCLAIM")
-        .arg(stream)
-        .arg(group)
-        .arg(consumer)
-        .arg(min_idle_ms)
-        .arg(ids)
-        .arg("JUSTID")
-        .query_async(conn)
-        .await?;
-    Ok(moved.len())
+    Ok(moved)
 }

@@ -49,12 +49,21 @@ pub struct Row {
     pub dead_letters: Option<i64>,
 }
 
+/// Past this many streams, `status` shows its progress on a terminal.
+const MANY_STREAMS: usize = 50;
+
 /// What a Redis shows by itself: every group on every stream, and the list
 /// queues sluice consumers hold.
 pub async fn collect(conn: &mut MultiplexedConnection) -> Result<Vec<Row>> {
     let streams = scan(conn, &["TYPE", "stream"]).await?;
     let mut out = Vec::new();
+    // Only worth a bar when there are many (and never for a handful under --watch).
+    let progress = (streams.len() > MANY_STREAMS)
+        .then(|| crate::progress::Progress::new(streams.len() as u64, "reading groups"));
     for stream in &streams {
+        if let Some(progress) = &progress {
+            progress.advance(1);
+        }
         let dead = format!("{stream}:dead");
         let dead = streams.contains(&dead).then_some(dead);
         out.extend(stream_groups(conn, stream, None, dead.as_deref()).await?);

@@ -286,3 +286,52 @@ fn status_shows_stream_list_and_pubsub_pipelines_in_aligned_columns() {
     assert!(found.contains(long) && found.contains("jobs"), "{found}");
     sluice.shutdown();
 }
+
+/// Appends `n` dead letters of stream `in` (as the runtime writes them) to `in:dead`.
+fn many_dead_letters(con: &mut redis::Connection, n: usize) {
+    xadd_many(con, "in:dead", n, |i| {
+        vec![
+            ("sluice.stream", "in".to_string()),
+            ("sluice.id", format!("{}-0", i + 1)),
+            ("sluice.error", "asked to dead-letter".to_string()),
+            ("i", i.to_string()),
+        ]
+    });
+}
+
+/// Long command-line work shows a progress bar on a terminal and nothing when piped, so
+/// scripts and logs see only the result.
+#[test]
+fn dlq_replay_shows_progress_on_a_terminal_and_none_when_piped() {
+    const N: usize = 20_000;
+    let redis = RedisServer::new();
+    let mut con = redis.conn();
+    let url = redis.url();
+
+    many_dead_letters(&mut con, N);
+    let piped = Sluice::exec(["dlq", "replay", "in:dead", "--redis", &url]);
+    assert_eq!(xlen(&mut con, IN), N, "every dead letter replayed");
+    assert!(
+        !piped.log().contains("replaying") && !piped.log().contains('\r'),
+        "no progress drawn into a pipe: {:?}",
+        piped.log()
+    );
+
+    // `script` gives the command a pseudo-terminal and copies what it draws to its stdout.
+    many_dead_letters(&mut con, N);
+    let command = format!(
+        "{} dlq replay in:dead --redis {url}",
+        env!("CARGO_BIN_EXE_sluice")
+    );
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .expect("run `script` (util-linux) to give sluice a terminal");
+    let drawn = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{drawn}");
+    assert_eq!(xlen(&mut con, IN), 2 * N, "every dead letter replayed");
+    assert!(
+        drawn.contains("replaying") && drawn.contains(&format!("/{N}")),
+        "a progress bar on the terminal: {drawn:?}"
+    );
+}

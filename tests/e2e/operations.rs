@@ -113,6 +113,10 @@ fn metrics_count_exactly_what_was_sent_and_poll_the_group() {
         value("sluice_plugin_seconds_count", p) >= Some(2.0),
         "{text}"
     );
+    assert!(
+        value("sluice_stage_seconds_count", &format!(r#"{p},stage="1""#)) >= Some(2.0),
+        "plugin time of the first (only) stage\n{text}"
+    );
     assert!(value("sluice_batch_size_count", p) >= Some(2.0), "{text}");
     assert_eq!(value("sluice_in_flight", p), Some(0.0), "{text}");
     assert_eq!(value("sluice_group_lag", &group), Some(0.0), "{text}");

@@ -300,7 +300,15 @@ impl Chain {
         let versions: Vec<Arc<Version>> = self.slots.iter().map(|s| s.stage.current()).collect();
         let stages = self.slots.len();
         for (k, (slot, version)) in self.slots.iter_mut().zip(&versions).enumerate() {
+            let started = std::time::Instant::now();
             let results = slot.call(version, &msgs);
+            // Per stage, so a chain shows which processor costs the time.
+            metrics::histogram!(
+                "sluice_stage_seconds",
+                "pipeline" => version.settings.pipeline.to_string(),
+                "stage" => (k + 1).to_string()
+            )
+            .record(started.elapsed().as_secs_f64());
             // How many records of each input message this stage received.
             let mut siblings = vec![0usize; batch.len()];
             for (idx, _) in &items {
