@@ -63,8 +63,13 @@ pub fn run(
         config,
         kv: None,
     };
-    Stage::check_init(&loaded, &settings).map_err(|e| anyhow::anyhow!("init failed: {e}"))?;
-    writeln!(out, "# {} ({})", plugin.display(), loaded.short_hash())?;
+    let hash = loaded.short_hash().to_string();
+    // One instance, one init: the one that then processes the batch.
+    let mut chain = Chain::new(&[Arc::new(Stage::new(loaded, settings))]);
+    chain
+        .warm()
+        .map_err(|e| anyhow::anyhow!("init failed: {e}"))?;
+    writeln!(out, "# {} ({hash})", plugin.display())?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -80,7 +85,6 @@ pub fn run(
             first_delivery_ms: now,
         })
         .collect();
-    let mut chain = Chain::new(&[Arc::new(Stage::new(loaded, settings))]);
     let outcomes = chain.process(&batch);
     let mut ok = true;
     for (msg, outcome) in batch.iter().zip(outcomes) {

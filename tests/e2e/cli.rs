@@ -335,3 +335,26 @@ fn dlq_replay_shows_progress_on_a_terminal_and_none_when_piped() {
         "a progress bar on the terminal: {drawn:?}"
     );
 }
+
+/// `plugin test` initialises the plugin once: the instance whose init ran is the one that
+/// processes the messages.
+#[test]
+fn plugin_test_runs_init_once() {
+    let faults = plugin("faults");
+    let tested = Sluice::exec([
+        "plugin".as_ref(),
+        "test".as_ref(),
+        faults.as_os_str(),
+        "--config".as_ref(),
+        "log_init=true".as_ref(),
+        "--field".as_ref(),
+        "a=b".as_ref(),
+    ]);
+    let log = tested.log();
+    assert_eq!(log.matches("faults init").count(), 1, "{log}");
+    assert!(
+        tested.stdout().contains("1 record(s)"),
+        "{}",
+        tested.stdout()
+    );
+}

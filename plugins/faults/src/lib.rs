@@ -23,6 +23,9 @@ impl Processor for Faults {
         if config.get("fail_init") == Some("true") {
             return Err("asked to fail init".to_owned());
         }
+        if config.get("log_init") == Some("true") {
+            sluice_sdk::log::info("faults init");
+        }
         let field = config.get_or("field", "action").to_owned();
         let sleep = Duration::from_millis(config.parse_or("sleep_ms", 0)?);
         Ok(Faults { field, sleep })

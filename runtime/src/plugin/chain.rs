@@ -277,6 +277,19 @@ impl Chain {
         }
     }
 
+    /// Instantiates every stage now, running each plugin's `init` once, and
+    /// keeps the instances for the batches to come: a caller that must see
+    /// init fail before processing (`plugin test`) need not run it twice.
+    pub fn warm(&mut self) -> Result<(), String> {
+        for slot in &mut self.slots {
+            if slot.instance.is_none() {
+                let version = slot.stage.current();
+                slot.instance = Some(Instance::new(version).map_err(|f| f.reason)?);
+            }
+        }
+        Ok(())
+    }
+
     /// One outcome per message. A message fans out through the stages: each
     /// record of stage k is a message for stage k+1 (same id, source and
     /// deliveries). The input message is the unit of delivery (one ack), so:
