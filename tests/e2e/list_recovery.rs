@@ -7,6 +7,7 @@ use std::time::Instant;
 use tempfile::TempDir;
 
 use crate::support::keys::{keys_matching, llen, lpush_many, lrange_all};
+use crate::support::pipeline::list_to_stream;
 use crate::support::streams::{Entry, xlen, xrange_all};
 use crate::support::{Pipeline, RedisServer, Sluice, plugin};
 
@@ -17,32 +18,11 @@ const DELIVERIES: &str = "{jobs}:deliveries";
 /// in `jobs:dead`. The item is the action (`field = "payload"`); a `loop` item spins for ten
 /// minutes, far longer than any test waits, so the process holds it until killed.
 fn list_pipeline(redis: &RedisServer, source: &str) -> Pipeline {
-    Pipeline::write(
-        "jobs",
-        &format!(
-            r#"[redis]
-url = "{url}"
-
-[source]
-type = "list"
-list = "jobs"
-block_ms = 100
-{source}
-
-[[processor]]
-plugin = '{plugin}'
-timeout_ms = 600000
-[processor.config]
-field = "payload"
-
-[[sink]]
-type = "stream"
-stream = "jobs:out"
-"#,
-            url = redis.url(),
-            plugin = plugin("faults").display(),
-        ),
-    )
+    let processor = format!(
+        "[[processor]]\nplugin = '{}'\ntimeout_ms = 600000\n[processor.config]\nfield = \"payload\"\n",
+        plugin("faults").display()
+    );
+    list_to_stream(redis, source, &processor)
 }
 
 fn cache() -> TempDir {

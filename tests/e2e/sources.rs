@@ -16,7 +16,7 @@ use crate::support::keys::{
     subscribers,
 };
 use crate::support::logs::lines_with_all;
-use crate::support::pipeline::{IN, OUT, wait_settled};
+use crate::support::pipeline::{IN, OUT, list_to_stream, wait_settled};
 use crate::support::streams::{Entry, pending_count, xadd_many, xlen, xrange_all};
 use crate::support::{PATIENCE, Pipeline, RedisServer, Sluice, plugin, repo_root};
 
@@ -211,30 +211,9 @@ stream = "fan:{k}"
     }
 }
 
-/// A list → plugin → stream pipeline on `redis`: list `jobs`, sink stream `jobs:out`,
-/// dead letters in `jobs:dead` (the default for a list source).
+/// [`list_to_stream`] through `faults` with `config`.
 fn list_pipeline(redis: &RedisServer, source: &str, config: &str) -> Pipeline {
-    Pipeline::write(
-        "jobs",
-        &format!(
-            r#"[redis]
-url = "{url}"
-
-[source]
-type = "list"
-list = "jobs"
-block_ms = 100
-{source}
-
-{processor}
-[[sink]]
-type = "stream"
-stream = "jobs:out"
-"#,
-            url = redis.url(),
-            processor = faults(config),
-        ),
-    )
+    list_to_stream(redis, source, &faults(config))
 }
 
 const JOBS_PROCESSING: &str = "{jobs}:processing:*";

@@ -113,3 +113,29 @@ pub fn wait_settled(con: &mut Connection, sluice: &mut Sluice, out: usize, pendi
         |seen| *seen == (out, Some(pending)),
     );
 }
+
+/// A list → plugin → stream pipeline on `redis`: list `jobs`, sink stream `jobs:out`, dead
+/// letters in `jobs:dead` (the default for a list source). `source` adds `[source]` lines;
+/// `processor` is the whole `[[processor]]` table.
+pub fn list_to_stream(redis: &RedisServer, source: &str, processor: &str) -> Pipeline {
+    Pipeline::write(
+        "jobs",
+        &format!(
+            r#"[redis]
+url = "{url}"
+
+[source]
+type = "list"
+list = "jobs"
+block_ms = 100
+{source}
+
+{processor}
+[[sink]]
+type = "stream"
+stream = "jobs:out"
+"#,
+            url = redis.url(),
+        ),
+    )
+}
