@@ -105,6 +105,11 @@ pub fn start(
             cmd.arg("limit").args(args.to_args());
             cmd
         }
+        Contestant::LPlus => {
+            let mut cmd = Command::new(&tools.bench);
+            cmd.arg("limit-plus").args(args.to_args());
+            cmd
+        }
         Contestant::P => {
             let mut cmd = Command::new(&tools.python);
             cmd.arg(&tools.python_script).args(args.to_args());

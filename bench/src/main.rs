@@ -1,9 +1,10 @@
 //! sluice-bench: sluice's performance yardstick.
 //!
 //! One invocation starts a private redis-server and, on the same workload,
-//! alternates the contestants (see [`plan::Contestant`]): L, the limit (a
-//! hand-written Rust loop); S, sluice with the uppercase Wasm plugin; S0,
-//! sluice passing messages through; P, a hand-written Python loop. It
+//! alternates the contestants (see [`plan::Contestant`]): L and L+, the
+//! limits (hand-written Rust loops, plain and the best we can write); S,
+//! sluice with the uppercase Wasm plugin; S0, sluice passing messages
+//! through; P, a hand-written Python loop. It
 //! reports throughput, latency at a fixed rate, CPU per million messages
 //! and memory, as markdown (stdout and BENCHMARKS.md) and SVG plots.
 //!
@@ -14,6 +15,7 @@
 //! redis_server  the private redis-server
 //! contestant    start/stop a contestant's processes, check their logs
 //!   limit         L: the loop itself (`sluice-bench limit`, a child process)
+//!   limit_plus    L+: the stronger loop (`sluice-bench limit-plus`)
 //!   sluice_runner S, S0: pipeline files and the `sluice run` command
 //!   (P is bench/python_consumer.py)
 //! throughput    one timed run on a preloaded backlog
@@ -27,6 +29,7 @@ mod contestant;
 mod idle;
 mod latency;
 mod limit;
+mod limit_plus;
 mod machine;
 mod plan;
 mod process;
@@ -68,6 +71,8 @@ enum Command {
     /// Run L, the hand-written Rust loop, until SIGTERM (the bench starts it
     /// as a child process; useful by hand too).
     Limit(limit::ConsumerArgs),
+    /// Run L+, the stronger hand-written loop, until SIGTERM.
+    LimitPlus(limit::ConsumerArgs),
 }
 
 /// Preset and overrides. Without --full, the quick preset runs; any other
@@ -167,6 +172,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Some(Command::Limit(args)) => limit::run(args).map(|()| ExitCode::SUCCESS),
+        Some(Command::LimitPlus(args)) => limit_plus::run(args).map(|()| ExitCode::SUCCESS),
         None => bench(&cli.run),
     };
     result.unwrap_or_else(|e| {

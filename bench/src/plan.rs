@@ -8,8 +8,13 @@ use clap::ValueEnum;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum)]
 #[value(rename_all = "UPPER")]
 pub enum Contestant {
-    /// The limit: the hand-written Rust loop (`sluice-bench limit`).
+    /// The limit as people write it: a plain blocking redis-rs loop
+    /// (`sluice-bench limit`).
     L,
+    /// The stronger limit: read-ahead, raw RESP, no per-message allocation
+    /// (`sluice-bench limit-plus`).
+    #[value(name = "L+", alias = "lplus")]
+    LPlus,
     /// sluice running the uppercase Wasm plugin.
     S,
     /// sluice with no processor (passthrough): the runtime without Wasm.
@@ -20,12 +25,19 @@ pub enum Contestant {
 
 impl Contestant {
     /// Every contestant, in the order rounds alternate through them.
-    pub const ALL: [Contestant; 4] = [Contestant::L, Contestant::S, Contestant::S0, Contestant::P];
+    pub const ALL: [Contestant; 5] = [
+        Contestant::L,
+        Contestant::LPlus,
+        Contestant::S,
+        Contestant::S0,
+        Contestant::P,
+    ];
 
     /// The short name used in tables and plots.
     pub fn label(self) -> &'static str {
         match self {
             Contestant::L => "L",
+            Contestant::LPlus => "L+",
             Contestant::S => "S",
             Contestant::S0 => "S0",
             Contestant::P => "P",
@@ -38,6 +50,9 @@ impl Contestant {
             Contestant::L => {
                 "limit: hand-written Rust loop (redis-rs, one thread per consumer, native uppercase)"
             }
+            Contestant::LPlus => {
+                "stronger limit: hand-written Rust loop, read-ahead on its own connection, raw RESP, acks riding with reads, no per-message allocation"
+            }
             Contestant::S => "sluice release build with the uppercase Wasm plugin",
             Contestant::S0 => "sluice release build, no processor (passthrough)",
             Contestant::P => "hand-written Python loop (redis-py, one thread per consumer)",
@@ -48,6 +63,7 @@ impl Contestant {
     pub fn colour(self) -> &'static str {
         match self {
             Contestant::L => "#1f77b4",
+            Contestant::LPlus => "#17becf",
             Contestant::S => "#d62728",
             Contestant::S0 => "#ff7f0e",
             Contestant::P => "#2ca02c",
