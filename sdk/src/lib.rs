@@ -52,10 +52,11 @@
 //! - [`Message`] in, [`Record`]s out, or a [`Failure`] saying what to do with the message.
 //! - [`log`]: write to the runtime's log. [`kv`]: small state shared by the pipeline, kept in Redis.
 //!
-//! Data flow: the runtime calls the component's `process` with a batch; the
-//! SDK hands each message to [`Processor::process`] (through
-//! [`Processor::process_batch`]) and returns exactly one outcome per message,
-//! in order.
+//! Data flow: the runtime calls the component's `process-encoded` with a
+//! batch in one buffer (or the typed `process`; the SDK exports both, see
+//! the `batch-processor` world in sdk/wit); the SDK hands each message to
+//! [`Processor::process`] (through [`Processor::process_batch`]) and returns
+//! exactly one outcome per message, in order.
 
 #![deny(missing_docs)]
 
@@ -65,6 +66,8 @@ pub mod kv;
 pub mod log;
 mod message;
 mod record;
+#[doc(hidden)]
+pub mod wire;
 
 pub use config::Config;
 pub use failure::{Failure, FailureKind};
@@ -78,7 +81,7 @@ pub use record::Record;
 pub mod bindings {
     wit_bindgen::generate!({
         path: "wit",
-        world: "processor",
+        world: "batch-processor",
         pub_export_macro: true,
         default_bindings_module: "sluice_sdk::bindings",
     });
@@ -156,6 +159,10 @@ macro_rules! export_processor {
             ) -> ::std::vec::Vec<$crate::bindings::Outcome> {
                 $crate::__private::process::<$processor>(batch)
             }
+
+            fn process_encoded(batch: ::std::vec::Vec<u8>) -> ::std::vec::Vec<u8> {
+                $crate::__private::process_encoded::<$processor>(&batch)
+            }
         }
 
         $crate::bindings::export!($processor with_types_in $crate::bindings);
@@ -169,7 +176,7 @@ pub mod __private {
     use std::cell::RefCell;
 
     use crate::bindings::sluice::processor::types as wit;
-    use crate::{Config, Failure, Message, Processor, Record};
+    use crate::{Config, Failure, Message, Processor, Record, wire};
 
     thread_local! {
         /// The instance's processor, set by a successful `init`. Wasm is
@@ -188,6 +195,81 @@ pub mod __private {
 
     /// Runs the batch through the processor built by `init`: one outcome per
     /// message, in order.
+    /// The fast path: the same as [`process`] over the encoded batch
+    /// (sdk/README.md, "The encoded batch"). A batch that does not decode
+    /// yields no outcomes, which the runtime reports as a plugin failure.
+    pub fn process_encoded<P: Processor>(batch: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Ok(batch) = decode_batch(batch) {
+            encode_outcomes(&process::<P>(batch), &mut out);
+        }
+        out
+    }
+
+    fn decode_batch(buf: &[u8]) -> Result<Vec<wit::Message>, wire::Malformed> {
+        let mut r = wire::Reader::new(buf);
+        // A message is at least 28 bytes: id, source, deliveries, first ms, count.
+        let n = r.count(28)?;
+        let mut batch = Vec::with_capacity(n);
+        for _ in 0..n {
+            let id = r.str()?.to_owned();
+            let source = r.str()?.to_owned();
+            let deliveries = r.u32()?;
+            let first_delivery_ms = r.u64()?;
+            let fields = (0..r.count(8)?)
+                .map(|_| {
+                    Ok(wit::Field {
+                        name: r.str()?.to_owned(),
+                        value: r.bytes()?.to_vec(),
+                    })
+                })
+                .collect::<Result<_, wire::Malformed>>()?;
+            batch.push(wit::Message {
+                id,
+                source,
+                fields,
+                deliveries,
+                first_delivery_ms,
+            });
+        }
+        Ok(batch)
+    }
+
+    fn encode_outcomes(outcomes: &[wit::Outcome], out: &mut Vec<u8>) {
+        let mut w = wire::Writer(out);
+        for outcome in outcomes {
+            match outcome {
+                Ok(records) => {
+                    w.u8(wire::OK);
+                    w.len(records.len());
+                    for record in records {
+                        w.len(record.fields.len());
+                        for field in &record.fields {
+                            w.bytes(field.name.as_bytes());
+                            w.bytes(&field.value);
+                        }
+                        match &record.to {
+                            Some(to) => {
+                                w.u8(1);
+                                w.bytes(to.as_bytes());
+                            }
+                            None => w.u8(0),
+                        }
+                    }
+                }
+                Err(failure) => {
+                    w.u8(wire::FAILED);
+                    w.u8(match failure.kind {
+                        wit::FailureKind::Retry => 0,
+                        wit::FailureKind::DeadLetter => 1,
+                        wit::FailureKind::Drop => 2,
+                    });
+                    w.bytes(failure.reason.as_bytes());
+                }
+            }
+        }
+    }
+
     pub fn process<P: Processor>(batch: Vec<wit::Message>) -> Vec<wit::Outcome> {
         let len = batch.len();
         PROCESSOR.with_borrow_mut(|slot| {
@@ -324,6 +406,47 @@ mod tests {
 
         init::<Echo>(config(&[("tag", "t")])).unwrap();
         assert!(process::<Echo>(vec![message("a")])[0].is_ok());
+    }
+
+    #[test]
+    fn the_encoded_path_gives_the_typed_outcomes() {
+        init::<Echo>(config(&[("tag", "t")])).unwrap();
+        let mut buf = Vec::new();
+        let mut w = wire::Writer(&mut buf);
+        w.len(2);
+        for body in ["twice", "bad"] {
+            w.bytes(b"1-0");
+            w.bytes(b"in");
+            w.u32(1);
+            w.u64(1);
+            w.len(1);
+            w.bytes(b"body");
+            w.bytes(body.as_bytes());
+        }
+        let out = super::__private::process_encoded::<Echo>(&buf);
+        let mut r = wire::Reader::new(&out);
+        // "twice": two records of body + tag, the second to "other".
+        assert_eq!(r.u8(), Ok(wire::OK));
+        assert_eq!(r.u32(), Ok(2));
+        for to in [None, Some("other")] {
+            assert_eq!(r.u32(), Ok(2));
+            assert_eq!((r.str(), r.bytes()), (Ok("body"), Ok(&b"twice"[..])));
+            assert_eq!((r.str(), r.bytes()), (Ok("tag"), Ok(&b"t"[..])));
+            match to {
+                Some(to) => assert_eq!((r.u8(), r.str()), (Ok(1), Ok(to))),
+                None => assert_eq!(r.u8(), Ok(0)),
+            }
+        }
+        // "bad": a dead letter with its reason.
+        assert_eq!(
+            (r.u8(), r.u8(), r.str()),
+            (Ok(wire::FAILED), Ok(1), Ok("bad body"))
+        );
+        assert!(r.is_empty());
+
+        // A batch that does not decode: no outcomes, which the runtime
+        // reports as a plugin failure.
+        assert!(super::__private::process_encoded::<Echo>(&[9, 0, 0, 0]).is_empty());
     }
 
     #[test]

@@ -6,9 +6,11 @@ use super::host::Host;
 use super::{EPOCH_TICK, Plugin, bindings};
 use crate::message::{Failure, FailureClass, FailureKind, Message, Outcome, Record, escape};
 use arc_swap::ArcSwap;
+use sluice_sdk::wire::{self, Malformed, Reader, Writer};
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
+use wasmtime::component::{Func, TypedFunc};
 use wasmtime::{Store, Trap};
 
 /// Settings of one `[[processor]]`, fixed for the life of its instances.
@@ -77,6 +79,11 @@ impl Stage {
 struct Instance {
     store: Store<Host>,
     bindings: bindings::Processor,
+    /// `process-encoded`, when the plugin exports it (the `batch-processor`
+    /// world): called instead of `process`.
+    encoded: Option<Func>,
+    /// The encoded batch, reused from call to call.
+    buffer: Vec<u8>,
     version: Arc<Version>,
 }
 
@@ -93,10 +100,17 @@ impl Instance {
         store.limiter(|h| &mut h.limits);
         store.set_epoch_deadline(deadline_ticks(settings.timeout));
         let _ticking = plugin.ticker.running();
-        let bindings = plugin
+        let instance = plugin
             .pre
+            .instance_pre()
             .instantiate(&mut store)
             .map_err(|e| classify(e, &store, settings, "instantiate"))?;
+        let bindings = bindings::Processor::new(&mut store, &instance)
+            .map_err(|e| classify(e, &store, settings, "instantiate"))?;
+        // The fast path only when the export has exactly the WIT's type.
+        let encoded = instance
+            .get_func(&mut store, "process-encoded")
+            .filter(|f| f.typed::<(&[u8],), (Vec<u8>,)>(&store).is_ok());
         let config: Vec<(&str, &str)> = settings
             .config
             .iter()
@@ -106,6 +120,8 @@ impl Instance {
             Ok(Ok(())) => Ok(Instance {
                 store,
                 bindings,
+                encoded,
+                buffer: Vec::new(),
                 version: version.clone(),
             }),
             Ok(Err(why)) => Err(Failure::retry(
@@ -236,11 +252,16 @@ impl Slot {
         inst.store
             .set_epoch_deadline(deadline_ticks(settings.timeout));
         let _ticking = version.plugin.ticker.running();
-        match inst.bindings.call_process(&mut inst.store, batch) {
-            Ok(outcomes) if outcomes.len() == batch.len() => {
-                Ok(outcomes.into_iter().map(from_wit).collect())
-            }
-            Ok(outcomes) => Err(Failure::retry(
+        let called = match inst.encoded {
+            Some(func) => inst.call_encoded(func, batch),
+            None => inst
+                .bindings
+                .call_process(&mut inst.store, batch)
+                .map(|outcomes| Ok(outcomes.into_iter().map(from_wit).collect())),
+        };
+        match called {
+            Ok(Ok(outcomes)) if outcomes.len() == batch.len() => Ok(outcomes),
+            Ok(Ok(outcomes)) => Err(Failure::retry(
                 FailureClass::Plugin,
                 format!(
                     "process returned {} outcomes for {} messages",
@@ -248,12 +269,35 @@ impl Slot {
                     batch.len()
                 ),
             )),
+            Ok(Err(malformed)) => Err(Failure::retry(
+                FailureClass::Plugin,
+                format!("process-encoded returned {malformed}"),
+            )),
             Err(e) => {
                 let failure = classify(e, &inst.store, settings, "process");
                 self.instance = None;
                 Err(failure)
             }
         }
+    }
+}
+
+impl Instance {
+    /// One `process-encoded` call: the batch in one buffer, the outcomes in
+    /// another (encoding in sdk/README.md, "The encoded batch").
+    fn call_encoded(
+        &mut self,
+        func: Func,
+        batch: &[wit::Message<'_>],
+    ) -> wasmtime::Result<Result<Vec<Outcome>, Malformed>> {
+        self.buffer.clear();
+        encode_batch(batch, &mut self.buffer);
+        // SAFETY: `func`'s type was checked against exactly these parameters
+        // and results when the instance was made (see `Instance::new`); this
+        // skips repeating that check on every batch, as bindgen's own calls do.
+        let typed = unsafe { TypedFunc::<(&[u8],), (Vec<u8>,)>::new_unchecked(func) };
+        let (out,) = typed.call(&mut self.store, (&self.buffer[..],))?;
+        Ok(decode_outcomes(&out))
     }
 }
 
@@ -414,6 +458,80 @@ fn to_wit<'a>(m: &'a Message, fields: &'a [wit::FieldParam<'a>]) -> wit::Message
     }
 }
 
+/// Encodes a batch for `process-encoded`: a count, then per message id,
+/// source, deliveries, first delivery ms and the fields.
+fn encode_batch(batch: &[wit::Message<'_>], buf: &mut Vec<u8>) {
+    let size: usize = batch
+        .iter()
+        .map(|m| {
+            32 + m.id.len()
+                + m.source.len()
+                + m.fields
+                    .iter()
+                    .map(|f| 8 + f.name.len() + f.value.len())
+                    .sum::<usize>()
+        })
+        .sum();
+    buf.reserve(4 + size);
+    let mut w = Writer(buf);
+    w.len(batch.len());
+    for m in batch {
+        w.bytes(m.id.as_bytes());
+        w.bytes(m.source.as_bytes());
+        w.u32(m.deliveries);
+        w.u64(m.first_delivery_ms);
+        w.len(m.fields.len());
+        for f in m.fields {
+            w.bytes(f.name.as_bytes());
+            w.bytes(f.value);
+        }
+    }
+}
+
+/// Decodes `process-encoded`'s outcomes. Untrusted: every length is
+/// checked, and a malformed buffer fails the batch, never the runtime.
+fn decode_outcomes(buf: &[u8]) -> Result<Vec<Outcome>, Malformed> {
+    let mut r = Reader::new(buf);
+    let mut outcomes = Vec::new();
+    while !r.is_empty() {
+        let outcome = match r.u8()? {
+            wire::OK => {
+                let n = r.count(5)?;
+                let mut records = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let fields = (0..r.count(8)?)
+                        .map(|_| Ok((r.bytes()?.to_vec(), r.bytes()?.to_vec())))
+                        .collect::<Result<_, Malformed>>()?;
+                    let to = match r.u8()? {
+                        0 => None,
+                        1 => Some(r.str()?.to_owned()),
+                        _ => return Err(Malformed("unknown sink tag")),
+                    };
+                    records.push(Record { fields, to });
+                }
+                Ok(records)
+            }
+            wire::FAILED => {
+                let kind = match r.u8()? {
+                    0 => FailureKind::Retry,
+                    1 => FailureKind::DeadLetter,
+                    2 => FailureKind::Drop,
+                    _ => return Err(Malformed("unknown failure kind")),
+                };
+                Err(Failure {
+                    kind,
+                    class: FailureClass::Plugin,
+                    reason: String::from_utf8_lossy(r.bytes()?).into_owned(),
+                    plugin: None,
+                })
+            }
+            _ => return Err(Malformed("unknown outcome tag")),
+        };
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
+}
+
 fn from_wit(outcome: Result<Vec<wit::Output>, wit::Failure>) -> Outcome {
     match outcome {
         Ok(records) => Ok(records
@@ -437,5 +555,97 @@ fn from_wit(outcome: Result<Vec<wit::Output>, wit::Failure>) -> Outcome {
             reason: f.reason,
             plugin: None,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_sdk::{Config, Processor};
+
+    /// Uppercases `body` and routes by it, as a plugin built with the SDK would.
+    struct Upper;
+
+    impl Processor for Upper {
+        fn init(_: Config) -> Result<Self, String> {
+            Ok(Upper)
+        }
+
+        fn process(
+            &mut self,
+            msg: sluice_sdk::Message,
+        ) -> Result<Vec<sluice_sdk::Record>, sluice_sdk::Failure> {
+            let body = msg.get("body").unwrap_or_default().to_ascii_uppercase();
+            match &body[..] {
+                b"POISON" => Err(sluice_sdk::Failure::dead_letter("poison")),
+                b"SKIP" => Ok(vec![]),
+                _ => {
+                    let to = format!("{}@{}", msg.source(), msg.deliveries());
+                    Ok(vec![msg.into_record().set("body", body).to(to)])
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_encoded_batch_round_trips_through_the_sdk() {
+        let fields: Vec<Vec<wit::FieldParam<'_>>> = ["a\u{e9}", "poison", "skip", ""]
+            .iter()
+            .map(|body| {
+                vec![
+                    wit::FieldParam {
+                        name: "body",
+                        value: body.as_bytes(),
+                    },
+                    wit::FieldParam {
+                        name: "bin",
+                        value: &[0, 255, 10],
+                    },
+                ]
+            })
+            .collect();
+        let batch: Vec<wit::Message<'_>> = fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| wit::Message {
+                id: "1-0",
+                source: "in",
+                fields: f,
+                deliveries: i as u32 + 1,
+                first_delivery_ms: u64::MAX,
+            })
+            .collect();
+        let mut buf = Vec::new();
+        encode_batch(&batch, &mut buf);
+        sluice_sdk::__private::init::<Upper>(Vec::new()).unwrap();
+        let outcomes = decode_outcomes(&sluice_sdk::__private::process_encoded::<Upper>(&buf))
+            .expect("well formed");
+        assert_eq!(outcomes.len(), 4);
+        let first = outcomes[0].as_ref().unwrap();
+        assert_eq!(
+            first[0].fields,
+            [
+                (b"body".to_vec(), "A\u{e9}".as_bytes().to_vec()),
+                (b"bin".to_vec(), vec![0, 255, 10])
+            ]
+        );
+        assert_eq!(first[0].to.as_deref(), Some("in@1"));
+        let poison = outcomes[1].as_ref().unwrap_err();
+        assert_eq!(
+            (poison.kind, poison.reason.as_str()),
+            (FailureKind::DeadLetter, "poison")
+        );
+        assert!(outcomes[2].as_ref().unwrap().is_empty());
+        assert_eq!(outcomes[3].as_ref().unwrap()[0].to.as_deref(), Some("in@4"));
+    }
+
+    #[test]
+    fn malformed_outcomes_are_refused() {
+        // An unknown tag, a truncated record, a count larger than the buffer.
+        assert!(decode_outcomes(&[7]).is_err());
+        assert!(decode_outcomes(&[wire::OK, 1, 0, 0, 0, 1, 0, 0, 0]).is_err());
+        assert!(decode_outcomes(&[wire::OK, 255, 255, 255, 255]).is_err());
+        assert!(decode_outcomes(&[wire::FAILED, 9, 0, 0, 0, 0]).is_err());
+        assert_eq!(decode_outcomes(&[]).map(|o| o.len()), Ok(0));
     }
 }
