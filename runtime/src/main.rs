@@ -139,6 +139,29 @@ enum PluginAction {
         #[arg(long = "field", value_name = "NAME=VALUE", value_parser = key_value)]
         field: Vec<(String, String)>,
     },
+    /// Measure what one message costs in a plugin, per batch size, without
+    /// Redis: the whole processor step (the batch into the guest, its work,
+    /// the outcomes back) on this thread's CPU clock.
+    Bench {
+        /// The plugin's .wasm file.
+        plugin: PathBuf,
+        /// A `[processor.config]` entry for init (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = key_value)]
+        config: Vec<(String, String)>,
+        /// Messages from a JSON-lines file, one object of fields per line
+        /// (cycled to fill a batch). Default: a `payload` of --size bytes.
+        #[arg(long, value_name = "FILE.jsonl")]
+        input: Option<PathBuf>,
+        /// Payload bytes of the default messages.
+        #[arg(long, default_value_t = 100, conflicts_with = "input")]
+        size: usize,
+        /// Batch sizes.
+        #[arg(long, value_delimiter = ',', default_values_t = [1, 64, 512])]
+        batch: Vec<usize>,
+        /// CPU milliseconds measured per batch size.
+        #[arg(long, value_name = "MS", default_value_t = 500)]
+        ms: u64,
+    },
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -219,6 +242,17 @@ fn main() -> ExitCode {
                         field,
                     },
             } => plugin_test(plugin, config, input, field).await,
+            Command::Plugin {
+                action:
+                    PluginAction::Bench {
+                        plugin,
+                        config,
+                        input,
+                        size,
+                        batch,
+                        ms,
+                    },
+            } => plugin_bench(plugin, config, input, size, batch, ms).await,
             Command::Pending {
                 stream,
                 group,
@@ -538,6 +572,35 @@ async fn plugin_test(
     } else {
         ExitCode::from(2)
     })
+}
+
+async fn plugin_bench(
+    plugin: PathBuf,
+    config: Vec<(String, String)>,
+    input: Option<PathBuf>,
+    size: usize,
+    batch: Vec<usize>,
+    ms: u64,
+) -> Result<ExitCode> {
+    let messages = match input {
+        Some(file) => sluice::plugin_test::read_jsonl(&file)?,
+        None => sluice::plugin_bench::payloads(size, 64),
+    };
+    let engine = Engine::new(sluice::plugin::default_cache_dir())?;
+    let report = tokio::task::spawn_blocking(move || {
+        sluice::plugin_bench::run(
+            &engine,
+            &plugin,
+            config,
+            &messages,
+            &batch,
+            std::time::Duration::from_millis(ms),
+        )
+        .map(|report| report.markdown(&plugin))
+    })
+    .await??;
+    print!("{report}");
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn pending(

@@ -108,8 +108,10 @@ impl Instance {
         let bindings = bindings::Processor::new(&mut store, &instance)
             .map_err(|e| classify(e, &store, settings, "instantiate"))?;
         // The fast path only when the export has exactly the WIT's type.
-        let encoded = instance
-            .get_func(&mut store, "process-encoded")
+        let encoded = plugin
+            .encoded
+            .then(|| instance.get_func(&mut store, "process-encoded"))
+            .flatten()
             .filter(|f| f.typed::<(&[u8],), (Vec<u8>,)>(&store).is_ok());
         let config: Vec<(&str, &str)> = settings
             .config

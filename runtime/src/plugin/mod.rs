@@ -198,8 +198,13 @@ impl Engine {
         let pre = bindings::ProcessorPre::new(pre)
             .map_err(|e| anyhow::anyhow!("{e:#}"))
             .context("it does not export the sluice:processor world (init and process)")?;
+        let encoded = component
+            .component_type()
+            .get_export(&self.inner.engine, "process-encoded")
+            .is_some();
         Ok(Plugin {
             pre,
+            encoded,
             hash,
             path: path.to_path_buf(),
             ticker: self.inner.ticker.clone(),
@@ -278,6 +283,8 @@ fn first_line(e: &wasmtime::Error) -> String {
 /// A compiled, link-checked plugin. Cheap to share; instances are made from it.
 pub struct Plugin {
     pre: bindings::ProcessorPre<host::Host>,
+    /// Whether it exports `process-encoded` (the `batch-processor` world).
+    encoded: bool,
     hash: String,
     path: PathBuf,
     /// The engine's epoch ticker: calls into this plugin keep it running.
@@ -288,6 +295,12 @@ impl Plugin {
     /// SHA-256 of the .wasm bytes, hex: names the exact version in logs and dead letters.
     pub fn hash(&self) -> &str {
         &self.hash
+    }
+
+    /// The call path its batches take: `encoded` when it exports
+    /// `process-encoded`, else `typed`.
+    pub fn call_path(&self) -> &'static str {
+        if self.encoded { "encoded" } else { "typed" }
     }
 
     /// The first 12 hex digits of [`Plugin::hash`], for log lines.
