@@ -358,3 +358,49 @@ fn plugin_test_runs_init_once() {
         tested.stdout()
     );
 }
+
+/// Runs `sluice plugin bench PLUGIN ARGS...` to its end: (exit code, stdout, log).
+fn plugin_bench(plugin_name: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let wasm = plugin(plugin_name);
+    let mut argv: Vec<&OsStr> = vec!["plugin".as_ref(), "bench".as_ref(), wasm.as_os_str()];
+    argv.extend(args.iter().map(OsStr::new));
+    finish(argv, no_env)
+}
+
+/// `plugin bench` reports one row per batch size asked, names the call path the plugin takes
+/// (a Rust SDK plugin the encoded batch, a core module the typed call), and refuses to time a
+/// plugin whose messages fail.
+#[test]
+fn plugin_bench_reports_each_batch_size_and_the_call_path() {
+    let (code, out, log) = plugin_bench("uppercase", &["--batch", "1,8", "--ms", "20"]);
+    assert_eq!(code, Some(0), "{out}{log}");
+    assert!(out.contains("encoded call"), "{out}");
+    let rows: Vec<Vec<f64>> = out
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| batch"))
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().parse().expect("numbers"))
+                .collect()
+        })
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert_eq!((rows[0][0], rows[1][0]), (1.0, 8.0));
+    for row in &rows {
+        // CPU and wall time per message, and how many messages were timed.
+        assert!(row[1] > 0.0 && row[2] > 0.0 && row[3] >= row[0], "{out}");
+    }
+
+    let (code, out, log) = plugin_bench("uppercase-wat", &["--batch", "4", "--ms", "10"]);
+    assert_eq!(code, Some(0), "{out}{log}");
+    assert!(out.contains("typed call"), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    fs::write(&input, "{\"action\": \"ok\"}\n{\"action\": \"fail\"}\n").unwrap();
+    let input = input.to_str().unwrap();
+    let (code, out, log) = plugin_bench("faults", &["--input", input, "--ms", "10"]);
+    assert_ne!(code, Some(0), "{out}{log}");
+    assert!(log.contains("a message failed"), "{log}");
+}
