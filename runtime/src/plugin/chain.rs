@@ -254,7 +254,7 @@ impl Slot {
         inst.store
             .set_epoch_deadline(deadline_ticks(settings.timeout));
         let _ticking = version.plugin.ticker.running();
-        let called = match inst.encoded {
+        let called = match inst.encoded.filter(|_| encoded_pays(batch)) {
             Some(func) => inst.call_encoded(func, batch),
             None => inst
                 .bindings
@@ -460,6 +460,23 @@ fn to_wit<'a>(m: &'a Message, fields: &'a [wit::FieldParam<'a>]) -> wit::Message
     }
 }
 
+/// Messages up to this size (field names and values, on average over the
+/// batch) go through `process-encoded`. The encoded batch saves a guest
+/// allocation per string and list but copies each value a few more times,
+/// so past about 1 KiB per message the typed call is cheaper (measured with
+/// `sluice plugin bench --size`; see sdk/README.md, "The encoded batch").
+const ENCODED_MAX_AVERAGE: usize = 1024;
+
+/// Whether `batch` is cheaper to pass encoded than typed.
+fn encoded_pays(batch: &[wit::Message<'_>]) -> bool {
+    let bytes: usize = batch
+        .iter()
+        .flat_map(|m| m.fields)
+        .map(|f| f.name.len() + f.value.len())
+        .sum();
+    bytes <= ENCODED_MAX_AVERAGE * batch.len()
+}
+
 /// Encodes a batch for `process-encoded`: a count, then per message id,
 /// source, deliveries, first delivery ms and the fields.
 fn encode_batch(batch: &[wit::Message<'_>], buf: &mut Vec<u8>) {
@@ -639,6 +656,32 @@ mod tests {
         );
         assert!(outcomes[2].as_ref().unwrap().is_empty());
         assert_eq!(outcomes[3].as_ref().unwrap()[0].to.as_deref(), Some("in@4"));
+    }
+
+    #[test]
+    fn large_messages_take_the_typed_call() {
+        let (small, large) = ([0u8; 100], [0u8; 4096]);
+        let small = [wit::FieldParam {
+            name: "payload",
+            value: &small,
+        }];
+        let large = [wit::FieldParam {
+            name: "payload",
+            value: &large,
+        }];
+        let message = |fields| wit::Message {
+            id: "1-0",
+            source: "in",
+            fields,
+            deliveries: 1,
+            first_delivery_ms: 1,
+        };
+        assert!(encoded_pays(&[message(&small), message(&small)]));
+        assert!(!encoded_pays(&[message(&large), message(&large)]));
+        // The average decides: one large message among many small ones stays encoded.
+        let mut mixed = vec![message(&large)];
+        mixed.extend((0..40).map(|_| message(&small)));
+        assert!(encoded_pays(&mixed));
     }
 
     #[test]
