@@ -25,6 +25,7 @@
 //! status      `sluice status`: lag, pending and dead letters per group, list and pub/sub source
 //! pending     `sluice pending`: inspect, ack or claim pending entries by hand
 //! plugin_test `sluice plugin test`: run a plugin on sample messages, no Redis
+//! scaffold    `sluice plugin new`: a processor project per language, from templates
 //! progress    progress bars for long command-line work, on a terminal only
 //! ```
 //!
@@ -53,6 +54,7 @@ pub mod plugin;
 pub mod plugin_test;
 pub mod progress;
 pub mod readiness;
+pub mod scaffold;
 pub mod sink;
 pub mod source;
 pub mod status;

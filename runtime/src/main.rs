@@ -7,7 +7,7 @@ use sluice::embedded::EmbeddedRedis;
 use sluice::pipeline::Context;
 use sluice::plugin::Engine;
 use sluice::supervisor;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
@@ -139,6 +139,22 @@ enum PluginAction {
         #[arg(long = "field", value_name = "NAME=VALUE", value_parser = key_value)]
         field: Vec<(String, String)>,
     },
+    /// Write a new processor project that builds with one command and
+    /// passes `plugin test` on its sample input as it is.
+    New {
+        /// The plugin's name: lowercase letters, digits and hyphens.
+        name: String,
+        /// The language to write it in.
+        #[arg(long, value_enum)]
+        lang: sluice::scaffold::Lang,
+        /// The folder to create (it must not exist, or be empty). Default: ./NAME.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Rust only: the `sdk` folder of a Sluice checkout. Default: the
+        /// one this sluice was built from.
+        #[arg(long, value_name = "DIR")]
+        sdk: Option<PathBuf>,
+    },
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -219,6 +235,15 @@ fn main() -> ExitCode {
                         field,
                     },
             } => plugin_test(plugin, config, input, field).await,
+            Command::Plugin {
+                action:
+                    PluginAction::New {
+                        name,
+                        lang,
+                        dir,
+                        sdk,
+                    },
+            } => plugin_new(&name, lang, dir, sdk.as_deref()),
             Command::Pending {
                 stream,
                 group,
@@ -538,6 +563,27 @@ async fn plugin_test(
     } else {
         ExitCode::from(2)
     })
+}
+
+fn plugin_new(
+    name: &str,
+    lang: sluice::scaffold::Lang,
+    dir: Option<PathBuf>,
+    sdk: Option<&Path>,
+) -> Result<ExitCode> {
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    let made = sluice::scaffold::create(name, lang, &dir, sdk)?;
+    let dir = made.dir.display();
+    println!("created {dir}");
+    if let Some(setup) = &made.setup {
+        println!("\nonce, if not installed yet:\n  {setup}");
+    }
+    println!("\nbuild:\n  cd {dir}\n  {}", made.build);
+    println!(
+        "\ntry it:\n  sluice plugin test {} --input sample.jsonl",
+        made.wasm
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn pending(
