@@ -12,6 +12,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
+use crate::support::logs::{field, lines_with};
 use crate::support::pipeline::{IN, OUT, stream_source, wait_settled};
 use crate::support::streams::{xadd_many, xlen, xrange_all};
 use crate::support::{Pipeline, RedisServer, Sluice, repo_root};
@@ -400,5 +401,84 @@ fn dedup_refuses_an_empty_window() {
     assert!(
         log.contains("window_ms must be at least 1"),
         "the reason: {log}"
+    );
+}
+
+/// A plugin that writes 3,000 lines for one message (through `log`, stdout and stderr) gets
+/// no more than the rate limit's burst, plus its rate over the run, into the runtime's log,
+/// each line tagged with pipeline, plugin and entry id. Once the limit lifts, one line says
+/// how many were suppressed.
+#[test]
+fn a_chatty_plugin_is_tagged_and_rate_limited() {
+    const LINES: usize = 3 * 1000;
+    let redis = RedisServer::new();
+    let mut con = redis.conn();
+    let toml = named_pipeline(&redis, "chatty", "faults", "batch = 1", "");
+    let pipeline = Pipeline::write("chatty", &toml);
+    let xadd = |con: &mut redis::Connection, action: &str| -> String {
+        redis::cmd("XADD")
+            .arg("chatty:in")
+            .arg("*")
+            .arg("action")
+            .arg(action)
+            .query(con)
+            .expect("XADD")
+    };
+    let started = std::time::Instant::now();
+    let first = xadd(&mut con, "chatty:1000");
+    let mut sluice = Sluice::run(pipeline.path());
+    sluice.wait_until("the chatty message's record", |_| {
+        xlen(&mut con, "chatty:out") == 1
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    // Quiet messages, one at a time, until the limit lifts for one of their lines.
+    let mut quiet = 0;
+    sluice.wait_until("a line saying how many were suppressed", |s| {
+        if s.log().contains("suppressed") {
+            return true;
+        }
+        if xlen(&mut con, "chatty:out") == 1 + quiet {
+            xadd(&mut con, "chatty:1");
+            quiet += 1;
+        }
+        false
+    });
+    sluice.shutdown();
+
+    let log = sluice.log();
+    let admitted: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&format!("entry={first}")) && l.contains("chatty "))
+        .collect();
+    // Bucket: 100 lines at once, then 50 per second (runtime/src/plugin/guest_log.rs).
+    let allowed = 100 + (50.0 * elapsed).ceil() as usize;
+    assert!(
+        !admitted.is_empty() && admitted.len() <= allowed,
+        "{} lines of the chatty message logged, limit {allowed}",
+        admitted.len()
+    );
+    for from in ["log", "stdout", "stderr"] {
+        let line = admitted
+            .iter()
+            .find(|l| l.contains(&format!("chatty {from} 0")))
+            .unwrap_or_else(|| panic!("no line from {from} in:\n{}", admitted.join("\n")));
+        assert_eq!(field(line, "pipeline"), Some("chatty"), "{line}");
+        assert!(
+            field(line, "plugin").is_some_and(|p| p.ends_with("faults.wasm")),
+            "{line}"
+        );
+        assert_eq!(field(line, "from"), Some(&*format!("\"{from}\"")), "{line}");
+    }
+    let report = lines_with(&log, "suppressed")[0];
+    let suppressed: usize = field(report, "suppressed")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {report}"));
+    // Every line of the chatty message was either logged or counted; the quiet messages'
+    // own lines may add to the count.
+    let floor = LINES - admitted.len();
+    assert!(
+        (floor..=floor + 3 * quiet).contains(&suppressed),
+        "suppressed {suppressed}, expected {floor} (+ up to {} quiet lines): {report}",
+        3 * quiet
     );
 }

@@ -59,6 +59,18 @@ impl Processor for Faults {
             }
             _ => match action.split_once(':') {
                 Some(("route", sink)) => Ok(vec![record.to(sink)]),
+                // n lines each through `log`, stdout and stderr, then the record.
+                Some(("chatty", n)) => {
+                    let n: usize = n
+                        .parse()
+                        .map_err(|e| Failure::dead_letter(format!("chatty count `{n}`: {e}")))?;
+                    for i in 0..n {
+                        sluice_sdk::log::info(format!("chatty log {i}"));
+                        println!("chatty stdout {i}");
+                        eprintln!("chatty stderr {i}");
+                    }
+                    Ok(vec![record])
+                }
                 Some(("fanout", n)) => {
                     let n: usize = n
                         .parse()

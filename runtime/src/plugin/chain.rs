@@ -235,6 +235,9 @@ impl Slot {
         let settings = &version.settings;
         inst.store
             .set_epoch_deadline(deadline_ticks(settings.timeout));
+        if let (Some(first), Some(last)) = (batch.first(), batch.last()) {
+            inst.store.data().log.processing(first.id, last.id);
+        }
         let _ticking = version.plugin.ticker.running();
         match inst.bindings.call_process(&mut inst.store, batch) {
             Ok(outcomes) if outcomes.len() == batch.len() => {

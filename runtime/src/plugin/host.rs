@@ -2,17 +2,12 @@
 //! network or environment), the `log` and `kv` imports, and its limits.
 
 use super::bindings::sluice::processor::{kv, log, types};
+use super::guest_log::{GuestLog, GuestOutput, Level, Origin, StderrTail};
 use anyhow::Result;
-use bytes::Bytes;
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-
-/// What a stderr tail keeps: enough for a panic message and its location.
-const STDERR_TAIL: usize = 4096;
 
 /// How long a key-value call may wait on Redis before it fails (the plugin
 /// sees an error it can handle; the call's own timeout still applies).
@@ -27,9 +22,8 @@ pub struct Host {
     /// and the text goes into the failure reason.
     pub stderr: StderrTail,
     kv: Kv,
-    /// Log target fields.
-    pipeline: Arc<str>,
-    plugin: Arc<str>,
+    /// `log` calls, stdout and stderr, tagged and rate-limited.
+    pub log: GuestLog,
 }
 
 impl Host {
@@ -40,8 +34,10 @@ impl Host {
         kv: Option<redis::Client>,
     ) -> Self {
         let stderr = StderrTail::default();
+        let guest_log = GuestLog::new(pipeline.clone(), plugin);
         let mut builder = WasiCtx::builder();
-        builder.stderr(stderr.clone());
+        builder.stdout(GuestOutput::stdout(guest_log.clone()));
+        builder.stderr(GuestOutput::stderr(guest_log.clone(), stderr.clone()));
         Host {
             wasi: builder.build(),
             table: ResourceTable::new(),
@@ -55,8 +51,7 @@ impl Host {
                 conn: None,
                 prefix: format!("sluice:kv:{{{pipeline}}}:"),
             },
-            pipeline,
-            plugin,
+            log: guest_log,
         }
     }
 }
@@ -80,20 +75,14 @@ impl types::Host for Host {}
 
 impl log::Host for Host {
     fn log(&mut self, level: log::Level, message: String) {
-        let (pipeline, plugin) = (&*self.pipeline, &*self.plugin);
-        match level {
-            log::Level::Trace => {
-                tracing::trace!(pipeline = %pipeline, plugin = %plugin, "{message}")
-            }
-            log::Level::Debug => {
-                tracing::debug!(pipeline = %pipeline, plugin = %plugin, "{message}")
-            }
-            log::Level::Info => tracing::info!(pipeline = %pipeline, plugin = %plugin, "{message}"),
-            log::Level::Warn => tracing::warn!(pipeline = %pipeline, plugin = %plugin, "{message}"),
-            log::Level::Error => {
-                tracing::error!(pipeline = %pipeline, plugin = %plugin, "{message}")
-            }
-        }
+        let level = match level {
+            log::Level::Trace => Level::Trace,
+            log::Level::Debug => Level::Debug,
+            log::Level::Info => Level::Info,
+            log::Level::Warn => Level::Warn,
+            log::Level::Error => Level::Error,
+        };
+        self.log.line(Origin::Log(level), &message);
     }
 }
 
@@ -214,72 +203,5 @@ impl wasmtime::ResourceLimiter for Limits {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000)
-    }
-}
-
-/// Guest stderr: keeps the last [`STDERR_TAIL`] bytes and never refuses a
-/// write (a refused write makes Rust's `eprintln!` panic).
-#[derive(Clone, Default)]
-pub struct StderrTail(Arc<Mutex<VecDeque<u8>>>);
-
-impl StderrTail {
-    /// The last line the guest wrote that says something (a panic message, usually).
-    pub fn last_message(&self) -> Option<String> {
-        let buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let bytes: Vec<u8> = buf.iter().copied().collect();
-        drop(buf);
-        let text = String::from_utf8_lossy(&bytes);
-        // Skip Rust's "note: run with `RUST_BACKTRACE=1`" hint after a panic.
-        let lines: Vec<&str> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
-            .collect();
-        // Rust prints "panicked at src/lib.rs:1:2:" then the message on the next line.
-        let msg = match lines.as_slice() {
-            [.., at, msg] if at.contains("panicked at") => format!("{at} {msg}"),
-            [.., last] => last.to_string(),
-            [] => return None,
-        };
-        Some(msg.chars().take(500).collect())
-    }
-}
-
-impl wasmtime_wasi::cli::IsTerminal for StderrTail {
-    fn is_terminal(&self) -> bool {
-        false
-    }
-}
-
-impl wasmtime_wasi::cli::StdoutStream for StderrTail {
-    fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(self.clone())
-    }
-
-    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(tokio::io::sink())
-    }
-}
-
-#[wasmtime_wasi::async_trait]
-impl Pollable for StderrTail {
-    async fn ready(&mut self) {}
-}
-
-impl OutputStream for StderrTail {
-    fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
-        let mut buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        buf.extend(bytes.iter());
-        let excess = buf.len().saturating_sub(STDERR_TAIL);
-        buf.drain(..excess);
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<(), StreamError> {
-        Ok(())
-    }
-
-    fn check_write(&mut self) -> Result<usize, StreamError> {
-        Ok(64 * 1024)
     }
 }

@@ -12,6 +12,7 @@
 
 mod chain;
 mod core_module;
+mod guest_log;
 mod host;
 
 pub use chain::{Chain, Stage, StageSettings, Version};
