@@ -62,6 +62,7 @@ pub fn run(
         memory_bytes: 256 << 20,
         config,
         kv: None,
+        grants: Default::default(),
     };
     let hash = loaded.short_hash().to_string();
     // One instance, one init: the one that then processes the batch.

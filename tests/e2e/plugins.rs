@@ -482,3 +482,98 @@ fn a_chatty_plugin_is_tagged_and_rate_limited() {
         3 * quiet
     );
 }
+
+/// A plugin sees an environment variable and a folder only when its pipeline grants them,
+/// and only those: the same messages pass through a granting pipeline and are dead-lettered,
+/// with the reason, by one that grants nothing.
+#[test]
+fn a_plugin_reads_env_and_files_only_when_granted() {
+    let redis = RedisServer::new();
+    let mut con = redis.conn();
+    let data = tempfile::tempdir().expect("a temp dir");
+    let secret = data.path().join("secret.txt");
+    std::fs::write(&secret, "file contents").expect("write the granted file");
+    let outside = tempfile::tempdir().expect("a temp dir");
+    let other = outside.path().join("other.txt");
+    std::fs::write(&other, "not granted").expect("write a file outside the grant");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let grants = format!(
+        "\n[processor.grants]\nenv = [\"SLUICE_E2E_SECRET\"]\ndirs = [\"{}:ro\"]",
+        data.path().display()
+    );
+    for (name, grants) in [("granted", grants.as_str()), ("bare", "")] {
+        let toml = named_pipeline(&redis, name, "faults", "", grants);
+        std::fs::write(dir.path().join(format!("{name}.toml")), toml).expect("write a pipeline");
+        let actions = [
+            "env:SLUICE_E2E_SECRET".to_string(),
+            format!("read:{}", secret.display()),
+            format!("read:{}", other.display()),
+        ];
+        xadd_many(&mut con, &format!("{name}:in"), actions.len(), |i| {
+            vec![("action", actions[i].clone())]
+        });
+    }
+    let mut sluice = Sluice::spawn_with(
+        [
+            std::ffi::OsStr::new("run"),
+            dir.path().as_os_str(),
+            std::ffi::OsStr::new("--no-watch"),
+        ],
+        |c| {
+            c.env("SLUICE_E2E_SECRET", "s3cret");
+        },
+    );
+    for (name, out, dead) in [("granted", 2, 1), ("bare", 0, 3)] {
+        sluice.wait_until(
+            &format!("{out} out and {dead} dead letters in {name}"),
+            |_| {
+                xlen(&mut con, &format!("{name}:out")) == out
+                    && xlen(&mut con, &format!("{name}:in:dead")) == dead
+            },
+        );
+    }
+    sluice.shutdown();
+
+    let granted = xrange_all(&mut con, "granted:out");
+    assert_eq!(granted[0].get("env"), "s3cret");
+    assert_eq!(granted[1].get("file"), "file contents");
+    let refused = |stream: &str| -> Vec<String> {
+        xrange_all(&mut redis.conn(), stream)
+            .iter()
+            .map(|e| e.get("sluice.error").to_owned())
+            .collect()
+    };
+    let outside_grant = refused("granted:in:dead");
+    assert!(outside_grant[0].contains("other.txt"), "{outside_grant:?}");
+    let bare = refused("bare:in:dead");
+    assert!(bare[0].contains("env SLUICE_E2E_SECRET"), "{bare:?}");
+    assert!(bare[1].contains("secret.txt"), "{bare:?}");
+    assert!(bare[2].contains("other.txt"), "{bare:?}");
+}
+
+/// A component that imports an interface sluice does not provide (here `wasi:http`, as a
+/// JavaScript component built without `-d http` does) is refused at load, by `plugin test`
+/// as by `validate` (tests/validate/imports-http.toml), naming the import.
+#[test]
+fn a_component_importing_http_is_refused_naming_it() {
+    let (status, stderr) =
+        refused_plugin_test(&repo_root().join("tests/fixtures/imports-http.wasm"));
+    assert!(!status.success());
+    assert!(
+        stderr.contains("imports `wasi:http/outgoing-handler@0.2.0`")
+            && stderr.contains("no grant allows"),
+        "{stderr}"
+    );
+}
+
+fn refused_plugin_test(wasm: &Path) -> (std::process::ExitStatus, String) {
+    let mut run = Sluice::spawn([
+        std::ffi::OsStr::new("plugin"),
+        std::ffi::OsStr::new("test"),
+        wasm.as_os_str(),
+        std::ffi::OsStr::new("--field"),
+        std::ffi::OsStr::new("a=b"),
+    ]);
+    let status = run.wait_exit(crate::support::PATIENCE);
+    (status, run.log())
+}

@@ -75,6 +75,7 @@ pub async fn build(pipeline: Pipeline, ctx: &Context) -> Result<Built> {
             memory_bytes: (p.memory_mb as usize) << 20,
             config: plugin_config(&p.config),
             kv: Some(client.clone()),
+            grants: p.grants.clone(),
         };
         let (engine, path) = (ctx.engine.clone(), p.plugin.clone());
         let started = Instant::now();

@@ -24,6 +24,8 @@ pub struct StageSettings {
     pub config: Vec<(String, String)>,
     /// Redis behind the `kv` import.
     pub kv: Option<redis::Client>,
+    /// Folders and environment variables the sandbox lets through.
+    pub grants: crate::config::Grants,
 }
 
 /// A plugin and the settings its instances run with: what a consumer
@@ -88,7 +90,9 @@ impl Instance {
             plugin.path.display().to_string().into(),
             settings.memory_bytes,
             settings.kv.clone(),
-        );
+            &settings.grants,
+        )
+        .map_err(|e| Failure::retry(FailureClass::Plugin, format!("cannot grant: {e:#}")))?;
         let mut store = Store::new(plugin.pre.engine(), host);
         store.limiter(|h| &mut h.limits);
         store.set_epoch_deadline(deadline_ticks(settings.timeout));

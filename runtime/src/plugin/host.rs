@@ -1,13 +1,15 @@
 //! What a plugin instance sees of the host: a sandboxed WASI (no files,
-//! network or environment), the `log` and `kv` imports, and its limits.
+//! network or environment beyond `[processor.grants]`), the `log` and `kv`
+//! imports, and its limits.
 
 use super::bindings::sluice::processor::{kv, log, types};
 use super::guest_log::{GuestLog, GuestOutput, Level, Origin, StderrTail};
+use crate::config::Grants;
 use anyhow::Result;
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 /// How long a key-value call may wait on Redis before it fails (the plugin
 /// sees an error it can handle; the call's own timeout still applies).
@@ -32,13 +34,25 @@ impl Host {
         plugin: Arc<str>,
         memory_bytes: usize,
         kv: Option<redis::Client>,
-    ) -> Self {
+        grants: &Grants,
+    ) -> Result<Self> {
         let stderr = StderrTail::default();
         let guest_log = GuestLog::new(pipeline.clone(), plugin);
         let mut builder = WasiCtx::builder();
+        // Granted folders appear at their own paths, read-only.
+        for dir in &grants.dirs {
+            builder
+                .preopened_dir(dir, dir, FsPerms::ReadOnly)
+                .map_err(|e| anyhow::anyhow!("cannot open granted folder {dir}: {e}"))?;
+        }
+        for name in &grants.env {
+            if let Ok(value) = std::env::var(name) {
+                builder.env(name, value);
+            }
+        }
         builder.stdout(GuestOutput::stdout(guest_log.clone()));
         builder.stderr(GuestOutput::stderr(guest_log.clone(), stderr.clone()));
-        Host {
+        Ok(Host {
             wasi: builder.build(),
             table: ResourceTable::new(),
             limits: Limits {
@@ -52,7 +66,7 @@ impl Host {
                 prefix: format!("sluice:kv:{{{pipeline}}}:"),
             },
             log: guest_log,
-        }
+        })
     }
 }
 

@@ -190,6 +190,7 @@ impl Engine {
                 component
             }
         };
+        check_imports(&self.inner.engine, &component)?;
         let pre = self
             .inner
             .linker
@@ -266,6 +267,33 @@ pub fn default_cache_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
     Some(base.join("sluice"))
+}
+
+/// Refuses a component that imports an interface the host does not provide,
+/// naming the import and the grant that would allow it, if any; the linker
+/// then checks the provided ones' shapes.
+fn check_imports(engine: &wasmtime::Engine, component: &Component) -> Result<()> {
+    for (name, _) in component.component_type().imports(engine) {
+        let package = name.split('/').next().unwrap_or(name);
+        let package = package.split('@').next().unwrap_or(package);
+        match package {
+            // The world's own imports, and the WASI every language runtime
+            // links against. Files, environment and sockets are there to
+            // link, but empty unless granted (`dirs`, `env`; no network).
+            "sluice:processor" | "wasi:io" | "wasi:clocks" | "wasi:random" | "wasi:cli"
+            | "wasi:filesystem" | "wasi:sockets" => {}
+            "wasi:http" => anyhow::bail!(
+                "it imports `{name}`, which sluice does not provide and no grant allows (plugins get no network); \
+                 build without it (componentize-js: `-d http fetch-event`)"
+            ),
+            _ => anyhow::bail!(
+                "it imports `{name}`, which sluice does not provide and no grant allows; \
+                 a plugin may import the sluice:processor world's `log` and `kv`, and WASI's \
+                 io, clocks, random, cli, filesystem (folders in [processor.grants] dirs) and sockets (always refused)"
+            ),
+        }
+    }
+    Ok(())
 }
 
 fn first_line(e: &wasmtime::Error) -> String {
