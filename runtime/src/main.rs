@@ -300,7 +300,7 @@ async fn run(
         None => default_redis_url(None),
     };
     let ctx = Context {
-        engine: Engine::new(sluice::plugin::default_cache_dir())?,
+        engine: Engine::with_fuel(sluice::plugin::default_cache_dir(), asks_for_fuel(&paths))?,
         default_url,
         ready: Default::default(),
     };
@@ -323,6 +323,19 @@ async fn run(
         server.stop().await;
     }
     result.map(|()| ExitCode::SUCCESS)
+}
+
+/// Whether a pipeline among `paths` sets `fuel`: only then does the engine
+/// count it (a cost to every plugin call). Files that do not parse count as
+/// not asking; they are reported when loaded.
+fn asks_for_fuel(paths: &[PathBuf]) -> bool {
+    let Ok(files) = pipeline_files(paths) else {
+        return false;
+    };
+    files.iter().any(|file| {
+        sluice::config::load_file(file, &|_| Ok(()))
+            .is_ok_and(|p| p.processors.iter().any(|p| p.fuel.is_some()))
+    })
 }
 
 /// First SIGINT/SIGTERM: drain and exit 0. A second one: exit at once.

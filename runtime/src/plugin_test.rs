@@ -63,6 +63,7 @@ pub fn run(
         config,
         kv: None,
         grants: Default::default(),
+        fuel: None,
     };
     let hash = loaded.short_hash().to_string();
     // One instance, one init: the one that then processes the batch.

@@ -577,3 +577,38 @@ fn refused_plugin_test(wasm: &Path) -> (std::process::ExitStatus, String) {
     let status = run.wait_exit(crate::support::PATIENCE);
     (status, run.log())
 }
+
+/// `fuel` stops a plugin that loops long before its generous `timeout_ms` would: the
+/// looping message fails as a timeout whose reason names the fuel, and is dead-lettered once
+/// its deliveries run out; its neighbours pass.
+#[test]
+fn fuel_stops_a_loop_before_the_timeout() {
+    const COUNT: usize = 10;
+    const LOOPING: usize = 4;
+    let redis = RedisServer::new();
+    let mut con = redis.conn();
+    let toml = format!(
+        "{head}\n[[processor]]\nplugin = '{plugin}'\ntimeout_ms = 600000\nfuel = 50000000\n\n\
+         [[sink]]\nname = \"out\"\ntype = \"stream\"\nstream = \"{OUT}\"\n",
+        head = stream_source(&redis, "batch = 5\nclaim_idle_ms = 300\nmax_deliveries = 2"),
+        plugin = crate::support::plugin("faults").display(),
+    );
+    let pipeline = Pipeline::write("e2e", &toml);
+    xadd_many(&mut con, IN, COUNT, |i| {
+        let action = if i == LOOPING { "loop" } else { "ok" };
+        vec![("i", i.to_string()), ("action", action.to_owned())]
+    });
+    let mut sluice = Sluice::run(pipeline.path());
+    // Settled well within the test's patience, far below timeout_ms: fuel stopped the loop.
+    wait_settled(&mut con, &mut sluice, COUNT - 1, 0);
+    sluice.shutdown();
+    let dead = xrange_all(&mut con, &format!("{IN}:dead"));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].get("i"), LOOPING.to_string());
+    assert_eq!(dead[0].get("sluice.error_class"), "timeout");
+    assert!(
+        dead[0].get("sluice.error").contains("fuel = 50000000"),
+        "{:?}",
+        dead[0]
+    );
+}

@@ -469,6 +469,9 @@ fn validate_processor(
     if p.timeout_ms == 0 {
         errors.add(&key("timeout_ms"), "0 ms; valid: 1 or more");
     }
+    if p.fuel == Some(0) {
+        errors.add(&key("fuel"), "0; valid: 1 or more (or leave it out)");
+    }
     if p.memory_mb == 0 || p.memory_mb > 4096 {
         errors.add(
             &key("memory_mb"),

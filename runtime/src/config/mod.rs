@@ -135,6 +135,11 @@ pub struct ProcessorConfig {
     /// Most linear memory one instance may grow to. Default 64.
     #[serde(default = "defaults::memory_mb")]
     pub memory_mb: u32,
+    /// Most fuel (roughly, Wasm instructions) one call may use: a limit
+    /// that, unlike `timeout_ms`, does not depend on the machine's load.
+    /// Default: none. Counting fuel slows every plugin of the process, so
+    /// it is on only when some pipeline sets it at start.
+    pub fuel: Option<u64>,
     /// Handed to the plugin's `init`, values as text.
     #[serde(default)]
     pub config: BTreeMap<String, toml::Value>,

@@ -26,6 +26,8 @@ pub struct StageSettings {
     pub kv: Option<redis::Client>,
     /// Folders and environment variables the sandbox lets through.
     pub grants: crate::config::Grants,
+    /// Most fuel one call may use, if set (the engine must count fuel).
+    pub fuel: Option<u64>,
 }
 
 /// A plugin and the settings its instances run with: what a consumer
@@ -96,6 +98,7 @@ impl Instance {
         let mut store = Store::new(plugin.pre.engine(), host);
         store.limiter(|h| &mut h.limits);
         store.set_epoch_deadline(deadline_ticks(settings.timeout));
+        refuel(&mut store, settings)?;
         let _ticking = plugin.ticker.running();
         let bindings = plugin
             .pre
@@ -125,6 +128,20 @@ fn deadline_ticks(timeout: Duration) -> u64 {
     (timeout.as_millis() as u64).div_ceil(EPOCH_TICK.as_millis() as u64) + 1
 }
 
+/// Gives a call its `fuel`; on an engine that counts fuel, a processor
+/// without a `fuel` setting gets all there is.
+fn refuel(store: &mut Store<Host>, settings: &StageSettings) -> Result<(), Failure> {
+    let counting = store.get_fuel().is_ok();
+    let fuel = match (settings.fuel, counting) {
+        (Some(fuel), _) => fuel,
+        (None, true) => u64::MAX,
+        (None, false) => return Ok(()),
+    };
+    store
+        .set_fuel(fuel)
+        .map_err(|e| Failure::retry(FailureClass::Plugin, format!("cannot set fuel: {e}")))
+}
+
 /// Names a trap by its cause: the deadline, the memory cap, or the guest's own panic.
 fn classify(
     e: wasmtime::Error,
@@ -139,6 +156,15 @@ fn classify(
             format!(
                 "{during} ran longer than timeout_ms = {}",
                 settings.timeout.as_millis()
+            ),
+        );
+    }
+    if matches!(e.downcast_ref::<Trap>(), Some(Trap::OutOfFuel)) {
+        return Failure::retry(
+            FailureClass::Timeout,
+            format!(
+                "{during} used more than fuel = {}",
+                settings.fuel.unwrap_or_default()
             ),
         );
     }
@@ -239,6 +265,7 @@ impl Slot {
         let settings = &version.settings;
         inst.store
             .set_epoch_deadline(deadline_ticks(settings.timeout));
+        refuel(&mut inst.store, settings)?;
         if let (Some(first), Some(last)) = (batch.first(), batch.last()) {
             inst.store.data().log.processing(first.id, last.id);
         }
