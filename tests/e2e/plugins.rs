@@ -612,3 +612,31 @@ fn fuel_stops_a_loop_before_the_timeout() {
         dead[0]
     );
 }
+
+/// Fuel is counted only when a pipeline sets it at start: an edit that adds `fuel` to a
+/// running pipeline is refused with the reason (restart), and the pipeline keeps running as
+/// it was.
+#[test]
+fn fuel_added_while_running_is_refused_until_a_restart() {
+    let redis = RedisServer::new();
+    let mut con = redis.conn();
+    let cache = tempfile::tempdir().expect("a cache dir");
+    let toml = format!(
+        "{head}\n[[processor]]\nplugin = '{plugin}'\n\n\
+         [[sink]]\nname = \"out\"\ntype = \"stream\"\nstream = \"{OUT}\"\n",
+        head = stream_source(&redis, ""),
+        plugin = crate::support::plugin("faults").display(),
+    );
+    let pipeline = Pipeline::write("e2e", &toml);
+    xadd_many(&mut con, IN, 3, |i| vec![("i", i.to_string())]);
+    let mut sluice = Sluice::watch(&[pipeline.path()], cache.path());
+    wait_settled(&mut con, &mut sluice, 3, 0);
+
+    let with_fuel = toml.replace("\n\n[[sink]]", "\nfuel = 1000000\n\n[[sink]]");
+    assert_ne!(with_fuel, toml);
+    std::fs::write(pipeline.path(), with_fuel).expect("edit the pipeline");
+    sluice.wait_for_log(&["restart sluice to apply `fuel`"], 1);
+    xadd_many(&mut con, IN, 3, |i| vec![("i", (3 + i).to_string())]);
+    wait_settled(&mut con, &mut sluice, 6, 0);
+    sluice.shutdown();
+}
