@@ -265,12 +265,28 @@ fn named_pipeline(
 /// counter, and the counters live under each pipeline's own prefix.
 #[test]
 fn pipelines_never_see_each_others_keys() {
+    count_in_pipelines(&[("alpha", "counter", 30), ("beta", "counter", 50)]);
+}
+
+/// The key-value helpers of the C, Python and JavaScript SDKs: the counter example in each
+/// language counts every message once, across two consumers.
+#[test]
+fn counters_in_c_python_and_javascript_count_every_message_once() {
+    count_in_pipelines(&[
+        ("c", "counter-c", 20),
+        ("py", "counter-py", 20),
+        ("js", "counter-js", 20),
+    ]);
+}
+
+/// Runs one pipeline per `(name, plugin, count)` in one process, all counting on key `n`
+/// with two consumers, and checks that each counted its own messages, each once, from 1.
+fn count_in_pipelines(pipelines: &[(&str, &str, usize)]) {
     let redis = RedisServer::new();
     let mut con = redis.conn();
     let dir = tempfile::tempdir().expect("a temp dir");
-    let counts = [("alpha", 30), ("beta", 50)];
-    for (name, count) in counts {
-        let toml = named_pipeline(&redis, name, "counter", "consumers = 2", "key = \"n\"");
+    for &(name, plugin, count) in pipelines {
+        let toml = named_pipeline(&redis, name, plugin, "consumers = 2", "key = \"n\"");
         std::fs::write(dir.path().join(format!("{name}.toml")), toml).expect("write a pipeline");
         xadd_many(&mut con, &format!("{name}:in"), count, |i| {
             vec![("i", i.to_string())]
@@ -282,7 +298,7 @@ fn pipelines_never_see_each_others_keys() {
         dir.path().as_os_str(),
         std::ffi::OsStr::new("--no-watch"),
     ]);
-    for (name, count) in counts {
+    for &(name, _, count) in pipelines {
         let out = format!("{name}:out");
         sluice.wait_until(&format!("{count} entries in {out}"), |_| {
             xlen(&mut con, &out) == count
@@ -290,7 +306,7 @@ fn pipelines_never_see_each_others_keys() {
     }
     sluice.shutdown();
 
-    for (name, count) in counts {
+    for &(name, _, count) in pipelines {
         let seen: BTreeSet<usize> = xrange_all(&mut con, &format!("{name}:out"))
             .iter()
             .map(|e| e.get("count").parse().expect("a numeric count"))
