@@ -269,19 +269,49 @@ fn pipelines_never_see_each_others_keys() {
 }
 
 /// The key-value helpers of the C, Python and JavaScript SDKs: the counter example in each
-/// language counts every message once, across two consumers.
+/// language counts every message once, across two consumers (`incr`); one message claims
+/// `n:first` for a minute (`set-new` with a TTL) and every message reads its id back
+/// (`get`); a scratch key is written and deleted (`set`, `delete`).
 #[test]
 fn counters_in_c_python_and_javascript_count_every_message_once() {
-    count_in_pipelines(&[
+    let pipelines = [
         ("c", "counter-c", 20),
         ("py", "counter-py", 20),
         ("js", "counter-js", 20),
-    ]);
+    ];
+    let redis = count_in_pipelines(&pipelines);
+    let mut con = redis.conn();
+    for (name, _, count) in pipelines {
+        let out = xrange_all(&mut con, &format!("{name}:out"));
+        let ids: BTreeSet<&str> = out.iter().map(|e| e.get("id")).collect();
+        assert_eq!(ids.len(), count, "{name}: every message's own id");
+        let firsts: BTreeSet<&str> = out.iter().map(|e| e.get("first")).collect();
+        assert_eq!(firsts.len(), 1, "{name}: one first id for all: {firsts:?}");
+        let first = firsts.into_iter().next().unwrap_or_default();
+        assert!(
+            ids.contains(first),
+            "{name}: the first id {first} is a message's"
+        );
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(format!("sluice:kv:{{{name}}}:n:first"))
+            .query(&mut con)
+            .expect("PTTL");
+        assert!(
+            (1..=60_000).contains(&ttl),
+            "{name}: n:first expires: {ttl}"
+        );
+        let scratch: bool = redis::cmd("EXISTS")
+            .arg(format!("sluice:kv:{{{name}}}:n:scratch"))
+            .query(&mut con)
+            .expect("EXISTS");
+        assert!(!scratch, "{name}: the scratch key was deleted");
+    }
 }
 
 /// Runs one pipeline per `(name, plugin, count)` in one process, all counting on key `n`
 /// with two consumers, and checks that each counted its own messages, each once, from 1.
-fn count_in_pipelines(pipelines: &[(&str, &str, usize)]) {
+/// Returns the Redis, for more checks.
+fn count_in_pipelines(pipelines: &[(&str, &str, usize)]) -> RedisServer {
     let redis = RedisServer::new();
     let mut con = redis.conn();
     let dir = tempfile::tempdir().expect("a temp dir");
@@ -324,6 +354,7 @@ fn count_in_pipelines(pipelines: &[(&str, &str, usize)]) {
     }
     let bare: Option<String> = redis::cmd("GET").arg("n").query(&mut con).expect("GET n");
     assert_eq!(bare, None, "no key outside the pipelines' prefixes");
+    redis
 }
 
 /// dedup passes the first message of each key and filters the rest within the window, across
