@@ -416,3 +416,31 @@ fn plugin_test_shows_records_sinks_and_failure_kinds() {
     );
     assert_eq!(code, Some(0), "no failure exits 0:\n{stdout}");
 }
+
+/// `plugin test` gives the plugin an in-memory key-value store for the run: the C counter,
+/// which uses every kv call, numbers three messages 1, 2, 3 and reads back the first one's id.
+#[test]
+fn plugin_test_has_an_in_memory_key_value_store() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let input = dir.path().join("input.jsonl");
+    fs::write(&input, "{\"i\": \"a\"}\n{\"i\": \"b\"}\n{\"i\": \"c\"}\n").expect("write the input");
+    let counter = plugin("counter-c");
+    let tested = Sluice::exec([
+        "plugin".as_ref(),
+        "test".as_ref(),
+        counter.as_os_str(),
+        "--input".as_ref(),
+        input.as_os_str(),
+    ]);
+    let stdout = tested.stdout();
+    let records: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("  -> (first sink): "))
+        .map(|json| serde_json::from_str(json).expect("a JSON record"))
+        .collect();
+    assert_eq!(records.len(), 3, "{stdout}");
+    for (n, record) in records.iter().enumerate() {
+        assert_eq!(record["count"], (n + 1).to_string(), "{stdout}");
+        assert_eq!(record["first"], records[0]["id"], "{stdout}");
+    }
+}

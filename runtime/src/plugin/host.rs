@@ -4,6 +4,7 @@
 
 use super::bindings::sluice::processor::{kv, log, types};
 use super::guest_log::{GuestLog, GuestOutput, Level, Origin, StderrTail};
+use super::memory_kv::MemoryKv;
 use crate::config::Grants;
 use anyhow::Result;
 use std::sync::Arc;
@@ -61,6 +62,7 @@ impl Host {
             },
             stderr,
             kv: Kv {
+                memory: kv.is_none().then(MemoryKv::default),
                 client: kv,
                 conn: None,
                 prefix: format!("sluice:kv:{{{pipeline}}}:"),
@@ -108,6 +110,8 @@ struct Kv {
     client: Option<redis::Client>,
     conn: Option<redis::Connection>,
     prefix: String,
+    /// Used instead when there is no Redis (`plugin test`).
+    memory: Option<MemoryKv>,
 }
 
 impl Kv {
@@ -141,14 +145,21 @@ impl Kv {
 
 impl kv::Host for Host {
     fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
+        if let Some(memory) = &mut self.kv.memory {
+            return Ok(memory.get(&key));
+        }
         let key = self.kv.key(&key);
         self.kv.run(redis::cmd("GET").arg(key))
     }
 
     fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), String> {
         let mut cmd = redis::cmd("SET");
-        cmd.arg(self.kv.key(&key)).arg(value);
+        cmd.arg(self.kv.key(&key)).arg(&value);
         with_ttl(&mut cmd, ttl_ms)?;
+        if let Some(memory) = &mut self.kv.memory {
+            memory.set(key, value, ttl_ms);
+            return Ok(());
+        }
         self.kv.run(&mut cmd)
     }
 
@@ -159,18 +170,28 @@ impl kv::Host for Host {
         ttl_ms: Option<u64>,
     ) -> Result<bool, String> {
         let mut cmd = redis::cmd("SET");
-        cmd.arg(self.kv.key(&key)).arg(value).arg("NX");
+        cmd.arg(self.kv.key(&key)).arg(&value).arg("NX");
         with_ttl(&mut cmd, ttl_ms)?;
+        if let Some(memory) = &mut self.kv.memory {
+            return Ok(memory.set_new(key, value, ttl_ms));
+        }
         // OK when stored, nil when the key was already there.
         self.kv.run::<Option<String>>(&mut cmd).map(|r| r.is_some())
     }
 
     fn delete(&mut self, key: String) -> Result<(), String> {
+        if let Some(memory) = &mut self.kv.memory {
+            memory.delete(&key);
+            return Ok(());
+        }
         let key = self.kv.key(&key);
         self.kv.run::<i64>(redis::cmd("DEL").arg(key)).map(drop)
     }
 
     fn incr(&mut self, key: String, by: i64) -> Result<i64, String> {
+        if let Some(memory) = &mut self.kv.memory {
+            return memory.incr(&key, by);
+        }
         let key = self.kv.key(&key);
         self.kv.run(redis::cmd("INCRBY").arg(key).arg(by))
     }

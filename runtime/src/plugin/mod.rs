@@ -14,6 +14,7 @@ mod chain;
 mod core_module;
 mod guest_log;
 mod host;
+mod memory_kv;
 
 pub use chain::{Chain, Stage, StageSettings, Version};
 
