@@ -26,6 +26,7 @@
 //! pending     `sluice pending`: inspect, ack or claim pending entries by hand
 //! plugin_test `sluice plugin test`: run a plugin on sample messages, no Redis
 //! plugin_bench `sluice plugin bench`: a plugin's cost per message by batch size
+//! scaffold    `sluice plugin new`: a processor project per language, from templates
 //! progress    progress bars for long command-line work, on a terminal only
 //! ```
 //!
@@ -55,6 +56,7 @@ pub mod plugin_bench;
 pub mod plugin_test;
 pub mod progress;
 pub mod readiness;
+pub mod scaffold;
 pub mod sink;
 pub mod source;
 pub mod status;

@@ -7,7 +7,7 @@ use sluice::embedded::EmbeddedRedis;
 use sluice::pipeline::Context;
 use sluice::plugin::Engine;
 use sluice::supervisor;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
@@ -162,6 +162,22 @@ enum PluginAction {
         #[arg(long, value_name = "MS", default_value_t = 500)]
         ms: u64,
     },
+    /// Write a new processor project that builds with one command and
+    /// passes `plugin test` on its sample input as it is.
+    New {
+        /// The plugin's name: lowercase letters, digits and hyphens.
+        name: String,
+        /// The language to write it in.
+        #[arg(long, value_enum)]
+        lang: sluice::scaffold::Lang,
+        /// The folder to create (it must not exist, or be empty). Default: ./NAME.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Rust only: the `sdk` folder of a Sluice checkout. Default: the
+        /// one this sluice was built from.
+        #[arg(long, value_name = "DIR")]
+        sdk: Option<PathBuf>,
+    },
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -253,6 +269,15 @@ fn main() -> ExitCode {
                         ms,
                     },
             } => plugin_bench(plugin, config, input, size, batch, ms).await,
+            Command::Plugin {
+                action:
+                    PluginAction::New {
+                        name,
+                        lang,
+                        dir,
+                        sdk,
+                    },
+            } => plugin_new(&name, lang, dir, sdk.as_deref()),
             Command::Pending {
                 stream,
                 group,
@@ -309,7 +334,7 @@ async fn run(
         None => default_redis_url(None),
     };
     let ctx = Context {
-        engine: Engine::new(sluice::plugin::default_cache_dir())?,
+        engine: Engine::with_fuel(sluice::plugin::default_cache_dir(), asks_for_fuel(&paths))?,
         default_url,
         ready: Default::default(),
     };
@@ -332,6 +357,19 @@ async fn run(
         server.stop().await;
     }
     result.map(|()| ExitCode::SUCCESS)
+}
+
+/// Whether a pipeline among `paths` sets `fuel`: only then does the engine
+/// count it (a cost to every plugin call). Files that do not parse count as
+/// not asking; they are reported when loaded.
+fn asks_for_fuel(paths: &[PathBuf]) -> bool {
+    let Ok(files) = pipeline_files(paths) else {
+        return false;
+    };
+    files.iter().any(|file| {
+        sluice::config::load_file(file, &|_| Ok(()))
+            .is_ok_and(|p| p.processors.iter().any(|p| p.fuel.is_some()))
+    })
 }
 
 /// First SIGINT/SIGTERM: drain and exit 0. A second one: exit at once.
@@ -600,6 +638,27 @@ async fn plugin_bench(
     })
     .await??;
     print!("{report}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn plugin_new(
+    name: &str,
+    lang: sluice::scaffold::Lang,
+    dir: Option<PathBuf>,
+    sdk: Option<&Path>,
+) -> Result<ExitCode> {
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    let made = sluice::scaffold::create(name, lang, &dir, sdk)?;
+    let dir = made.dir.display();
+    println!("created {dir}");
+    if let Some(setup) = &made.setup {
+        println!("\nonce, if not installed yet:\n  {setup}");
+    }
+    println!("\nbuild:\n  cd {dir}\n  {}", made.build);
+    println!(
+        "\ntry it:\n  sluice plugin test {} --input sample.jsonl",
+        made.wasm
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -55,6 +55,8 @@ pub fn run(
         memory_bytes: 256 << 20,
         config,
         kv: None,
+        grants: Default::default(),
+        fuel: None,
     };
     let mut chain = Chain::new(&[Arc::new(Stage::new(loaded, settings))]);
     chain

@@ -1,5 +1,6 @@
 //! `sluice plugin test`: run a plugin on sample messages, without Redis,
-//! and print what it returns. For plugin authors' edit-build-try loop.
+//! and print what it returns. For plugin authors' edit-build-try loop. The
+//! key-value store is in memory for the run (empty at start).
 
 use crate::message::{Field, Message, Outcome};
 use crate::plugin::{Chain, Engine, Stage, StageSettings};
@@ -62,6 +63,8 @@ pub fn run(
         memory_bytes: 256 << 20,
         config,
         kv: None,
+        grants: Default::default(),
+        fuel: None,
     };
     let hash = loaded.short_hash().to_string();
     // One instance, one init: the one that then processes the batch.

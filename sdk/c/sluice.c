@@ -141,3 +141,93 @@ extern void host_log(int32_t level, const uint8_t *ptr, size_t len);
 void sluice_log(sluice_level level, const char *message) {
     host_log((int32_t)level, (const uint8_t *)message, strlen(message));
 }
+
+/* ---- kv: the imports with the canonical ABI's lowered signatures. A
+ * result is returned through an area the caller passes: the tag (u8) at 0,
+ * the payload after it at the payload's alignment. ---- */
+
+#define KV_IMPORT(name) \
+    __attribute__((import_module("sluice:processor/kv@0.1.0"), import_name(name)))
+
+KV_IMPORT("get") extern void host_kv_get(const char *key, size_t key_len, void *ret);
+KV_IMPORT("set")
+extern void host_kv_set(const char *key, size_t key_len, const uint8_t *value, size_t value_len,
+                        int32_t has_ttl, int64_t ttl, void *ret);
+KV_IMPORT("set-new")
+extern void host_kv_set_new(const char *key, size_t key_len, const uint8_t *value,
+                            size_t value_len, int32_t has_ttl, int64_t ttl, void *ret);
+KV_IMPORT("delete") extern void host_kv_delete(const char *key, size_t key_len, void *ret);
+KV_IMPORT("incr") extern void host_kv_incr(const char *key, size_t key_len, int64_t by, void *ret);
+
+/* The error string of a failed call, NUL-terminated for the caller. */
+static const char *kv_error(sluice_bytes text) {
+    char *copy = sluice_alloc(text.len + 1);
+    memcpy(copy, text.ptr, text.len);
+    copy[text.len] = 0;
+    return copy;
+}
+
+const char *sluice_kv_get(const char *key, sluice_bytes *value, int *found) {
+    /* result<option<list<u8>>, string> */
+    struct {
+        uint8_t is_err;
+        union {
+            struct {
+                uint8_t is_some;
+                sluice_bytes value;
+            } ok;
+            sluice_bytes err;
+        } u;
+    } ret;
+    host_kv_get(key, strlen(key), &ret);
+    if (ret.is_err) return kv_error(ret.u.err);
+    *found = ret.u.ok.is_some;
+    if (ret.u.ok.is_some) *value = ret.u.ok.value;
+    return NULL;
+}
+
+/* result<_, string> and result<bool, string> */
+typedef struct {
+    uint8_t is_err;
+    union {
+        uint8_t ok;
+        sluice_bytes err;
+    } u;
+} kv_small_result;
+
+const char *sluice_kv_set(const char *key, sluice_bytes value, int64_t ttl_ms) {
+    kv_small_result ret;
+    host_kv_set(key, strlen(key), value.ptr, value.len, ttl_ms > 0, ttl_ms > 0 ? ttl_ms : 0, &ret);
+    return ret.is_err ? kv_error(ret.u.err) : NULL;
+}
+
+const char *sluice_kv_set_new(const char *key, sluice_bytes value, int64_t ttl_ms, int *stored) {
+    kv_small_result ret;
+    host_kv_set_new(key, strlen(key), value.ptr, value.len, ttl_ms > 0, ttl_ms > 0 ? ttl_ms : 0,
+                    &ret);
+    if (ret.is_err) return kv_error(ret.u.err);
+    *stored = ret.u.ok;
+    return NULL;
+}
+
+const char *sluice_kv_delete(const char *key) {
+    kv_small_result ret;
+    host_kv_delete(key, strlen(key), &ret);
+    return ret.is_err ? kv_error(ret.u.err) : NULL;
+}
+
+const char *sluice_kv_incr(const char *key, int64_t by, int64_t *value) {
+    /* result<s64, string>: the payload at offset 8 */
+    struct {
+        uint8_t is_err;
+        union {
+            int64_t ok;
+            sluice_bytes err;
+        } u;
+    } ret;
+    _Static_assert(offsetof(__typeof__(ret), u) == 8, "result<s64, string> layout");
+    host_kv_incr(key, strlen(key), by, &ret);
+    if (ret.is_err) return kv_error(ret.u.err);
+    *value = ret.u.ok;
+    return NULL;
+}

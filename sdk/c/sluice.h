@@ -124,4 +124,20 @@ typedef enum {
 } sluice_level;
 void sluice_log(sluice_level level, const char *message);
 
+/* ---- The pipeline's key-value store (in Redis, shared by every instance of
+ * the pipeline). Each returns NULL on success, or the error's text (valid
+ * until the batch ends): fail the message with it, usually as a retry. ---- */
+
+/* The value at `key`: *found is 0 if there is none. The value is valid
+ * until the batch ends. */
+const char *sluice_kv_get(const char *key, sluice_bytes *value, int *found);
+/* Stores `value` (copied) at `key`; expires after `ttl_ms` if above 0. */
+const char *sluice_kv_set(const char *key, sluice_bytes value, int64_t ttl_ms);
+/* Like sluice_kv_set, but only if `key` holds nothing: *stored says whether
+ * it did (first one wins, across every consumer and process). */
+const char *sluice_kv_set_new(const char *key, sluice_bytes value, int64_t ttl_ms, int *stored);
+const char *sluice_kv_delete(const char *key);
+/* Adds `by` to the integer at `key` (missing: 0); *value is the new value. */
+const char *sluice_kv_incr(const char *key, int64_t by, int64_t *value);
+
 #endif

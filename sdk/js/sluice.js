@@ -11,6 +11,7 @@
 // message and turns its records, or the Failure it throws, into the WIT
 // outcomes. Any other exception is a `retry` failure with its message.
 
+import * as hostKv from "sluice:processor/kv@0.1.0";
 import { log as hostLog } from "sluice:processor/log@0.1.0";
 
 const encoder = new TextEncoder();
@@ -36,6 +37,41 @@ export function text(bytes) {
 export function log(level, message) {
   hostLog(level, String(message));
 }
+
+function kvCall(op, call) {
+  try {
+    return call();
+  } catch (e) {
+    // A `result` error arrives as an exception carrying the host's text.
+    throw new Error(`kv ${op}: ${e?.payload ?? e?.message ?? e}`);
+  }
+}
+
+function bytes(value) {
+  return typeof value === "string" ? encoder.encode(value) : value;
+}
+
+function ttl(ttlMs) {
+  return ttlMs === undefined ? undefined : BigInt(ttlMs);
+}
+
+/**
+ * The pipeline's key-value store, in Redis, shared by every instance of the
+ * pipeline's processors. Keys are strings; values bytes (strings are stored
+ * as UTF-8). Errors throw, failing the message as a `retry` unless caught.
+ */
+export const kv = {
+  /** The value at `key` as a Uint8Array, or undefined. */
+  get: (key) => kvCall("get", () => hostKv.get(key)),
+  /** Stores `value` at `key`; with `ttlMs` it expires that much later. */
+  set: (key, value, ttlMs) => kvCall("set", () => hostKv.set(key, bytes(value), ttl(ttlMs))),
+  /** Stores `value` only if `key` holds nothing; returns whether it did. */
+  setNew: (key, value, ttlMs) =>
+    kvCall("set-new", () => hostKv.setNew(key, bytes(value), ttl(ttlMs))),
+  delete: (key) => kvCall("delete", () => hostKv.delete(key)),
+  /** Adds `by` to the integer at `key` (missing: 0); returns the new value as a number. */
+  incr: (key, by = 1) => Number(kvCall("incr", () => hostKv.incr(key, BigInt(by)))),
+};
 
 /**
  * A message as the function sees it: `id`, `source`, `deliveries`,

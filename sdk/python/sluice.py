@@ -19,6 +19,7 @@ failure with its text, so one bad message never fails its neighbours.
 
 import wit_world
 from componentize_py_types import Err, Ok
+from wit_world.imports import kv as _kv
 from wit_world.imports import log as _log
 from wit_world.imports.types import Failure as _WitFailure
 from wit_world.imports.types import FailureKind, Field, Output
@@ -51,6 +52,52 @@ class Failure(Exception):
 def log(level, message):
     """Writes to the runtime's log: "trace", "debug", "info", "warn" or "error"."""
     _log.log(_LEVELS[level], str(message))
+
+
+class KvError(Exception):
+    """The key-value store failed (Redis unreachable, say); uncaught, it
+    fails the message as a `retry`."""
+
+
+def _kv_call(op, call):
+    try:
+        return call()
+    except Err as e:
+        raise KvError(f"kv {op}: {e.value}") from None
+
+
+def _bytes(value):
+    return value.encode() if isinstance(value, str) else bytes(value)
+
+
+class kv:
+    """The pipeline's key-value store, in Redis, shared by every instance of
+    the pipeline's processors. Keys are text; values bytes (str is stored as
+    UTF-8). Errors raise KvError."""
+
+    @staticmethod
+    def get(key):
+        """The value at `key` as bytes, or None."""
+        return _kv_call("get", lambda: _kv.get(key))
+
+    @staticmethod
+    def set(key, value, ttl_ms=None):
+        """Stores `value` at `key`; with `ttl_ms` it expires that much later."""
+        _kv_call("set", lambda: _kv.set(key, _bytes(value), ttl_ms))
+
+    @staticmethod
+    def set_new(key, value, ttl_ms=None):
+        """Stores `value` only if `key` holds nothing; returns whether it did."""
+        return _kv_call("set-new", lambda: _kv.set_new(key, _bytes(value), ttl_ms))
+
+    @staticmethod
+    def delete(key):
+        _kv_call("delete", lambda: _kv.delete(key))
+
+    @staticmethod
+    def incr(key, by=1):
+        """Adds `by` to the integer at `key` (missing: 0); returns the new value."""
+        return _kv_call("incr", lambda: _kv.incr(key, by))
 
 
 class Record:

@@ -404,3 +404,89 @@ fn plugin_bench_reports_each_batch_size_and_the_call_path() {
     assert_ne!(code, Some(0), "{out}{log}");
     assert!(log.contains("a message failed"), "{log}");
 }
+
+/// `plugin test` shows every message's records with the sink each goes to, or its failure
+/// with kind and class, and exits non-zero when any message failed.
+#[test]
+fn plugin_test_shows_records_sinks_and_failure_kinds() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let input = dir.path().join("input.jsonl");
+    fs::write(
+        &input,
+        "{\"action\": \"ok\"}\n{\"action\": \"route:alerts\"}\n{\"action\": \"fanout:2\"}\n\
+         {\"action\": \"poison\"}\n{\"action\": \"fail\"}\n{\"action\": \"drop\"}\n",
+    )
+    .expect("write the input");
+    let faults = plugin("faults");
+    let (code, stdout, stderr) = finish(
+        [
+            "plugin".as_ref(),
+            "test".as_ref(),
+            faults.as_os_str(),
+            "--input".as_ref(),
+            input.as_os_str(),
+        ],
+        |_| {},
+    );
+    assert_eq!(code, Some(2), "failures exit 2:\n{stdout}\n{stderr}");
+    let blocks: Vec<&str> = stdout.lines().skip(1).collect();
+    let expected = [
+        ": 1 record(s)",
+        r#"  -> (first sink): {"action":"ok","plugin_version":"1"}"#,
+        ": 1 record(s)",
+        r#"  -> alerts: {"action":"route:alerts","plugin_version":"1"}"#,
+        ": 2 record(s)",
+        r#"  -> (first sink): {"action":"fanout:2","plugin_version":"1"}"#,
+        r#"  -> (first sink): {"action":"fanout:2","plugin_version":"1"}"#,
+        ": failed (dead-letter, plugin): asked to dead-letter",
+        ": failed (retry, plugin): asked to fail",
+        ": failed (drop, plugin): asked to drop",
+    ];
+    assert_eq!(blocks.len(), expected.len(), "{stdout}");
+    for (line, want) in blocks.iter().zip(expected) {
+        assert!(
+            line.ends_with(want),
+            "`{line}` should end with `{want}`\n{stdout}"
+        );
+    }
+
+    let (code, stdout, _) = finish(
+        [
+            "plugin".as_ref(),
+            "test".as_ref(),
+            faults.as_os_str(),
+            "--field".as_ref(),
+            "action=ok".as_ref(),
+        ],
+        |_| {},
+    );
+    assert_eq!(code, Some(0), "no failure exits 0:\n{stdout}");
+}
+
+/// `plugin test` gives the plugin an in-memory key-value store for the run: the C counter,
+/// which uses every kv call, numbers three messages 1, 2, 3 and reads back the first one's id.
+#[test]
+fn plugin_test_has_an_in_memory_key_value_store() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let input = dir.path().join("input.jsonl");
+    fs::write(&input, "{\"i\": \"a\"}\n{\"i\": \"b\"}\n{\"i\": \"c\"}\n").expect("write the input");
+    let counter = plugin("counter-c");
+    let tested = Sluice::exec([
+        "plugin".as_ref(),
+        "test".as_ref(),
+        counter.as_os_str(),
+        "--input".as_ref(),
+        input.as_os_str(),
+    ]);
+    let stdout = tested.stdout();
+    let records: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("  -> (first sink): "))
+        .map(|json| serde_json::from_str(json).expect("a JSON record"))
+        .collect();
+    assert_eq!(records.len(), 3, "{stdout}");
+    for (n, record) in records.iter().enumerate() {
+        assert_eq!(record["count"], (n + 1).to_string(), "{stdout}");
+        assert_eq!(record["first"], records[0]["id"], "{stdout}");
+    }
+}

@@ -12,6 +12,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
+use crate::support::logs::{field, lines_with};
 use crate::support::pipeline::{IN, OUT, stream_source, wait_settled};
 use crate::support::streams::{xadd_many, xlen, xrange_all};
 use crate::support::{Pipeline, RedisServer, Sluice, repo_root};
@@ -264,12 +265,58 @@ fn named_pipeline(
 /// counter, and the counters live under each pipeline's own prefix.
 #[test]
 fn pipelines_never_see_each_others_keys() {
+    count_in_pipelines(&[("alpha", "counter", 30), ("beta", "counter", 50)]);
+}
+
+/// The key-value helpers of the C, Python and JavaScript SDKs: the counter example in each
+/// language counts every message once, across two consumers (`incr`); one message claims
+/// `n:first` for a minute (`set-new` with a TTL) and every message reads its id back
+/// (`get`); a scratch key is written and deleted (`set`, `delete`).
+#[test]
+fn counters_in_c_python_and_javascript_count_every_message_once() {
+    let pipelines = [
+        ("c", "counter-c", 20),
+        ("py", "counter-py", 20),
+        ("js", "counter-js", 20),
+    ];
+    let redis = count_in_pipelines(&pipelines);
+    let mut con = redis.conn();
+    for (name, _, count) in pipelines {
+        let out = xrange_all(&mut con, &format!("{name}:out"));
+        let ids: BTreeSet<&str> = out.iter().map(|e| e.get("id")).collect();
+        assert_eq!(ids.len(), count, "{name}: every message's own id");
+        let firsts: BTreeSet<&str> = out.iter().map(|e| e.get("first")).collect();
+        assert_eq!(firsts.len(), 1, "{name}: one first id for all: {firsts:?}");
+        let first = firsts.into_iter().next().unwrap_or_default();
+        assert!(
+            ids.contains(first),
+            "{name}: the first id {first} is a message's"
+        );
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(format!("sluice:kv:{{{name}}}:n:first"))
+            .query(&mut con)
+            .expect("PTTL");
+        assert!(
+            (1..=60_000).contains(&ttl),
+            "{name}: n:first expires: {ttl}"
+        );
+        let scratch: bool = redis::cmd("EXISTS")
+            .arg(format!("sluice:kv:{{{name}}}:n:scratch"))
+            .query(&mut con)
+            .expect("EXISTS");
+        assert!(!scratch, "{name}: the scratch key was deleted");
+    }
+}
+
+/// Runs one pipeline per `(name, plugin, count)` in one process, all counting on key `n`
+/// with two consumers, and checks that each counted its own messages, each once, from 1.
+/// Returns the Redis, for more checks.
+fn count_in_pipelines(pipelines: &[(&str, &str, usize)]) -> RedisServer {
     let redis = RedisServer::new();
     let mut con = redis.conn();
     let dir = tempfile::tempdir().expect("a temp dir");
-    let counts = [("alpha", 30), ("beta", 50)];
-    for (name, count) in counts {
-        let toml = named_pipeline(&redis, name, "counter", "consumers = 2", "key = \"n\"");
+    for &(name, plugin, count) in pipelines {
+        let toml = named_pipeline(&redis, name, plugin, "consumers = 2", "key = \"n\"");
         std::fs::write(dir.path().join(format!("{name}.toml")), toml).expect("write a pipeline");
         xadd_many(&mut con, &format!("{name}:in"), count, |i| {
             vec![("i", i.to_string())]
@@ -281,7 +328,7 @@ fn pipelines_never_see_each_others_keys() {
         dir.path().as_os_str(),
         std::ffi::OsStr::new("--no-watch"),
     ]);
-    for (name, count) in counts {
+    for &(name, _, count) in pipelines {
         let out = format!("{name}:out");
         sluice.wait_until(&format!("{count} entries in {out}"), |_| {
             xlen(&mut con, &out) == count
@@ -289,7 +336,7 @@ fn pipelines_never_see_each_others_keys() {
     }
     sluice.shutdown();
 
-    for (name, count) in counts {
+    for &(name, _, count) in pipelines {
         let seen: BTreeSet<usize> = xrange_all(&mut con, &format!("{name}:out"))
             .iter()
             .map(|e| e.get("count").parse().expect("a numeric count"))
@@ -307,6 +354,7 @@ fn pipelines_never_see_each_others_keys() {
     }
     let bare: Option<String> = redis::cmd("GET").arg("n").query(&mut con).expect("GET n");
     assert_eq!(bare, None, "no key outside the pipelines' prefixes");
+    redis
 }
 
 /// dedup passes the first message of each key and filters the rest within the window, across
@@ -401,4 +449,241 @@ fn dedup_refuses_an_empty_window() {
         log.contains("window_ms must be at least 1"),
         "the reason: {log}"
     );
+}
+
+/// A plugin that writes 3,000 lines for one message (through `log`, stdout and stderr) gets
+/// no more than the rate limit's burst, plus its rate over the run, into the runtime's log,
+/// each line tagged with pipeline, plugin and entry id. Once the limit lifts, one line says
+/// how many were suppressed.
+#[test]
+fn a_chatty_plugin_is_tagged_and_rate_limited() {
+    const LINES: usize = 3 * 1000;
+    let redis = RedisServer::new();
+    let mut con = redis.conn();
+    let toml = named_pipeline(&redis, "chatty", "faults", "batch = 1", "");
+    let pipeline = Pipeline::write("chatty", &toml);
+    let xadd = |con: &mut redis::Connection, action: &str| -> String {
+        redis::cmd("XADD")
+            .arg("chatty:in")
+            .arg("*")
+            .arg("action")
+            .arg(action)
+            .query(con)
+            .expect("XADD")
+    };
+    let started = std::time::Instant::now();
+    let first = xadd(&mut con, "chatty:1000");
+    let mut sluice = Sluice::run(pipeline.path());
+    sluice.wait_until("the chatty message's record", |_| {
+        xlen(&mut con, "chatty:out") == 1
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    // Quiet messages, one at a time, until the limit lifts for one of their lines.
+    let mut quiet = 0;
+    sluice.wait_until("a line saying how many were suppressed", |s| {
+        if s.log().contains("suppressed") {
+            return true;
+        }
+        if xlen(&mut con, "chatty:out") == 1 + quiet {
+            xadd(&mut con, "chatty:1");
+            quiet += 1;
+        }
+        false
+    });
+    sluice.shutdown();
+
+    let log = sluice.log();
+    let admitted: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&format!("entry={first}")) && l.contains("chatty "))
+        .collect();
+    // Bucket: 100 lines at once, then 50 per second (runtime/src/plugin/guest_log.rs).
+    let allowed = 100 + (50.0 * elapsed).ceil() as usize;
+    assert!(
+        !admitted.is_empty() && admitted.len() <= allowed,
+        "{} lines of the chatty message logged, limit {allowed}",
+        admitted.len()
+    );
+    for from in ["log", "stdout", "stderr"] {
+        let line = admitted
+            .iter()
+            .find(|l| l.contains(&format!("chatty {from} 0")))
+            .unwrap_or_else(|| panic!("no line from {from} in:\n{}", admitted.join("\n")));
+        assert_eq!(field(line, "pipeline"), Some("chatty"), "{line}");
+        assert!(
+            field(line, "plugin").is_some_and(|p| p.ends_with("faults.wasm")),
+            "{line}"
+        );
+        assert_eq!(field(line, "from"), Some(&*format!("\"{from}\"")), "{line}");
+    }
+    let report = lines_with(&log, "suppressed")[0];
+    let suppressed: usize = field(report, "suppressed")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {report}"));
+    // Every line of the chatty message was either logged or counted; the quiet messages'
+    // own lines may add to the count.
+    let floor = LINES - admitted.len();
+    assert!(
+        (floor..=floor + 3 * quiet).contains(&suppressed),
+        "suppressed {suppressed}, expected {floor} (+ up to {} quiet lines): {report}",
+        3 * quiet
+    );
+}
+
+/// A plugin sees an environment variable and a folder only when its pipeline grants them,
+/// and only those: the same messages pass through a granting pipeline and are dead-lettered,
+/// with the reason, by one that grants nothing.
+#[test]
+fn a_plugin_reads_env_and_files_only_when_granted() {
+    let redis = RedisServer::new();
+    let mut con = redis.conn();
+    let data = tempfile::tempdir().expect("a temp dir");
+    let secret = data.path().join("secret.txt");
+    std::fs::write(&secret, "file contents").expect("write the granted file");
+    let outside = tempfile::tempdir().expect("a temp dir");
+    let other = outside.path().join("other.txt");
+    std::fs::write(&other, "not granted").expect("write a file outside the grant");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let grants = format!(
+        "\n[processor.grants]\nenv = [\"SLUICE_E2E_SECRET\"]\ndirs = [\"{}:ro\"]",
+        data.path().display()
+    );
+    for (name, grants) in [("granted", grants.as_str()), ("bare", "")] {
+        let toml = named_pipeline(&redis, name, "faults", "", grants);
+        std::fs::write(dir.path().join(format!("{name}.toml")), toml).expect("write a pipeline");
+        let actions = [
+            "env:SLUICE_E2E_SECRET".to_string(),
+            format!("read:{}", secret.display()),
+            format!("read:{}", other.display()),
+        ];
+        xadd_many(&mut con, &format!("{name}:in"), actions.len(), |i| {
+            vec![("action", actions[i].clone())]
+        });
+    }
+    let mut sluice = Sluice::spawn_with(
+        [
+            std::ffi::OsStr::new("run"),
+            dir.path().as_os_str(),
+            std::ffi::OsStr::new("--no-watch"),
+        ],
+        |c| {
+            c.env("SLUICE_E2E_SECRET", "s3cret");
+        },
+    );
+    for (name, out, dead) in [("granted", 2, 1), ("bare", 0, 3)] {
+        sluice.wait_until(
+            &format!("{out} out and {dead} dead letters in {name}"),
+            |_| {
+                xlen(&mut con, &format!("{name}:out")) == out
+                    && xlen(&mut con, &format!("{name}:in:dead")) == dead
+            },
+        );
+    }
+    sluice.shutdown();
+
+    let granted = xrange_all(&mut con, "granted:out");
+    assert_eq!(granted[0].get("env"), "s3cret");
+    assert_eq!(granted[1].get("file"), "file contents");
+    let refused = |stream: &str| -> Vec<String> {
+        xrange_all(&mut redis.conn(), stream)
+            .iter()
+            .map(|e| e.get("sluice.error").to_owned())
+            .collect()
+    };
+    let outside_grant = refused("granted:in:dead");
+    assert!(outside_grant[0].contains("other.txt"), "{outside_grant:?}");
+    let bare = refused("bare:in:dead");
+    assert!(bare[0].contains("env SLUICE_E2E_SECRET"), "{bare:?}");
+    assert!(bare[1].contains("secret.txt"), "{bare:?}");
+    assert!(bare[2].contains("other.txt"), "{bare:?}");
+}
+
+/// A component that imports an interface sluice does not provide (here `wasi:http`, as a
+/// JavaScript component built without `-d http` does) is refused at load, by `plugin test`
+/// as by `validate` (tests/validate/imports-http.toml), naming the import.
+#[test]
+fn a_component_importing_http_is_refused_naming_it() {
+    let (status, stderr) =
+        refused_plugin_test(&repo_root().join("tests/fixtures/imports-http.wasm"));
+    assert!(!status.success());
+    assert!(
+        stderr.contains("imports `wasi:http/outgoing-handler@0.2.0`")
+            && stderr.contains("no grant allows"),
+        "{stderr}"
+    );
+}
+
+fn refused_plugin_test(wasm: &Path) -> (std::process::ExitStatus, String) {
+    let mut run = Sluice::spawn([
+        std::ffi::OsStr::new("plugin"),
+        std::ffi::OsStr::new("test"),
+        wasm.as_os_str(),
+        std::ffi::OsStr::new("--field"),
+        std::ffi::OsStr::new("a=b"),
+    ]);
+    let status = run.wait_exit(crate::support::PATIENCE);
+    (status, run.log())
+}
+
+/// `fuel` stops a plugin that loops long before its generous `timeout_ms` would: the
+/// looping message fails as a timeout whose reason names the fuel, and is dead-lettered once
+/// its deliveries run out; its neighbours pass.
+#[test]
+fn fuel_stops_a_loop_before_the_timeout() {
+    const COUNT: usize = 10;
+    const LOOPING: usize = 4;
+    let redis = RedisServer::new();
+    let mut con = redis.conn();
+    let toml = format!(
+        "{head}\n[[processor]]\nplugin = '{plugin}'\ntimeout_ms = 600000\nfuel = 50000000\n\n\
+         [[sink]]\nname = \"out\"\ntype = \"stream\"\nstream = \"{OUT}\"\n",
+        head = stream_source(&redis, "batch = 5\nclaim_idle_ms = 300\nmax_deliveries = 2"),
+        plugin = crate::support::plugin("faults").display(),
+    );
+    let pipeline = Pipeline::write("e2e", &toml);
+    xadd_many(&mut con, IN, COUNT, |i| {
+        let action = if i == LOOPING { "loop" } else { "ok" };
+        vec![("i", i.to_string()), ("action", action.to_owned())]
+    });
+    let mut sluice = Sluice::run(pipeline.path());
+    // Settled well within the test's patience, far below timeout_ms: fuel stopped the loop.
+    wait_settled(&mut con, &mut sluice, COUNT - 1, 0);
+    sluice.shutdown();
+    let dead = xrange_all(&mut con, &format!("{IN}:dead"));
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].get("i"), LOOPING.to_string());
+    assert_eq!(dead[0].get("sluice.error_class"), "timeout");
+    assert!(
+        dead[0].get("sluice.error").contains("fuel = 50000000"),
+        "{:?}",
+        dead[0]
+    );
+}
+
+/// Fuel is counted only when a pipeline sets it at start: an edit that adds `fuel` to a
+/// running pipeline is refused with the reason (restart), and the pipeline keeps running as
+/// it was.
+#[test]
+fn fuel_added_while_running_is_refused_until_a_restart() {
+    let redis = RedisServer::new();
+    let mut con = redis.conn();
+    let cache = tempfile::tempdir().expect("a cache dir");
+    let toml = format!(
+        "{head}\n[[processor]]\nplugin = '{plugin}'\n\n\
+         [[sink]]\nname = \"out\"\ntype = \"stream\"\nstream = \"{OUT}\"\n",
+        head = stream_source(&redis, ""),
+        plugin = crate::support::plugin("faults").display(),
+    );
+    let pipeline = Pipeline::write("e2e", &toml);
+    xadd_many(&mut con, IN, 3, |i| vec![("i", i.to_string())]);
+    let mut sluice = Sluice::watch(&[pipeline.path()], cache.path());
+    wait_settled(&mut con, &mut sluice, 3, 0);
+
+    let with_fuel = toml.replace("\n\n[[sink]]", "\nfuel = 1000000\n\n[[sink]]");
+    assert_ne!(with_fuel, toml);
+    std::fs::write(pipeline.path(), with_fuel).expect("edit the pipeline");
+    sluice.wait_for_log(&["restart sluice to apply `fuel`"], 1);
+    xadd_many(&mut con, IN, 3, |i| vec![("i", (3 + i).to_string())]);
+    wait_settled(&mut con, &mut sluice, 6, 0);
+    sluice.shutdown();
 }

@@ -369,7 +369,7 @@ fn broken_plugin_files_are_refused_while_the_old_version_keeps_serving() {
         (
             "a component importing a function sluice does not provide",
             IMPORTS_FOO,
-            "imports something sluice does not provide",
+            "imports `foo`, which sluice does not provide",
         ),
     ];
     let file = plugin.display().to_string();

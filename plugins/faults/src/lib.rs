@@ -59,6 +59,27 @@ impl Processor for Faults {
             }
             _ => match action.split_once(':') {
                 Some(("route", sink)) => Ok(vec![record.to(sink)]),
+                // The sandbox: what the plugin can see of the environment and files.
+                Some(("env", name)) => match std::env::var(name) {
+                    Ok(value) => Ok(vec![record.set("env", value)]),
+                    Err(e) => Err(Failure::dead_letter(format!("env {name}: {e}"))),
+                },
+                Some(("read", path)) => match std::fs::read(path) {
+                    Ok(bytes) => Ok(vec![record.set("file", bytes)]),
+                    Err(e) => Err(Failure::dead_letter(format!("read {path}: {e}"))),
+                },
+                // n lines each through `log`, stdout and stderr, then the record.
+                Some(("chatty", n)) => {
+                    let n: usize = n
+                        .parse()
+                        .map_err(|e| Failure::dead_letter(format!("chatty count `{n}`: {e}")))?;
+                    for i in 0..n {
+                        sluice_sdk::log::info(format!("chatty log {i}"));
+                        println!("chatty stdout {i}");
+                        eprintln!("chatty stderr {i}");
+                    }
+                    Ok(vec![record])
+                }
                 Some(("fanout", n)) => {
                     let n: usize = n
                         .parse()

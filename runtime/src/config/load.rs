@@ -469,12 +469,16 @@ fn validate_processor(
     if p.timeout_ms == 0 {
         errors.add(&key("timeout_ms"), "0 ms; valid: 1 or more");
     }
+    if p.fuel == Some(0) {
+        errors.add(&key("fuel"), "0; valid: 1 or more (or leave it out)");
+    }
     if p.memory_mb == 0 || p.memory_mb > 4096 {
         errors.add(
             &key("memory_mb"),
             format!("{} MiB; valid: 1 to 4096", p.memory_mb),
         );
     }
+    validate_grants(i, &mut p.grants, base, errors);
     for (k, v) in &p.config {
         if matches!(v, toml::Value::Table(_) | toml::Value::Array(_)) {
             errors.add(
@@ -489,6 +493,53 @@ fn validate_processor(
         }
     }
     p
+}
+
+/// Checks `[processor.grants]` and makes its folders absolute.
+fn validate_grants(i: usize, grants: &mut super::Grants, base: &Path, errors: &mut Errors) {
+    let key = |k| {
+        [
+            Seg::Key("processor"),
+            Seg::Index(i),
+            Seg::Key("grants"),
+            Seg::Key(k),
+        ]
+    };
+    for dir in &mut grants.dirs {
+        let path = match dir.rsplit_once(':') {
+            Some((path, "ro")) => path.to_string(),
+            Some((_, mode)) if !mode.contains('/') => {
+                errors.add(
+                    &key("dirs"),
+                    format!(
+                        "`{dir}`: mode `{mode}`; folders are granted read-only: write `path` or `path:ro`"
+                    ),
+                );
+                continue;
+            }
+            _ => dir.clone(),
+        };
+        let full = base.join(&path);
+        if !full.is_dir() {
+            errors.add(
+                &key("dirs"),
+                format!(
+                    "`{dir}`: {} is not a folder; give folders to grant read access to, relative to this pipeline file's folder",
+                    full.display()
+                ),
+            );
+            continue;
+        }
+        *dir = full.to_string_lossy().into_owned();
+    }
+    for name in &grants.env {
+        if name.is_empty() || name.contains(['=', '\0']) {
+            errors.add(
+                &key("env"),
+                format!("`{name}` is not an environment variable name; give names such as `TZ`"),
+            );
+        }
+    }
 }
 
 /// Every sink type, for messages that list where a key belongs.

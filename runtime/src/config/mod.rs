@@ -135,9 +135,34 @@ pub struct ProcessorConfig {
     /// Most linear memory one instance may grow to. Default 64.
     #[serde(default = "defaults::memory_mb")]
     pub memory_mb: u32,
+    /// Most fuel (roughly, Wasm instructions) one call may use: a limit
+    /// that, unlike `timeout_ms`, does not depend on the machine's load.
+    /// Default: none. Counting fuel slows every plugin of the process, so
+    /// it is on only when some pipeline sets it at start.
+    pub fuel: Option<u64>,
     /// Handed to the plugin's `init`, values as text.
     #[serde(default)]
     pub config: BTreeMap<String, toml::Value>,
+    /// What the sandbox lets the plugin see beyond its own memory, the
+    /// clocks and random numbers. Default: nothing.
+    #[serde(default)]
+    pub grants: Grants,
+}
+
+/// `[processor.grants]`: files and environment a plugin may read. Nothing
+/// is granted unless named here; the network never is.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Grants {
+    /// Folders the plugin may read (never write), each under its own path
+    /// inside the plugin; `"path"` or `"path:ro"`. A relative path is
+    /// relative to the pipeline file's folder.
+    #[serde(default)]
+    pub dirs: Vec<String>,
+    /// Environment variables passed through by name, with the runtime's
+    /// values (a variable the runtime does not have is left out).
+    #[serde(default)]
+    pub env: Vec<String>,
 }
 
 /// Kinds of sink.

@@ -75,7 +75,15 @@ pub async fn build(pipeline: Pipeline, ctx: &Context) -> Result<Built> {
             memory_bytes: (p.memory_mb as usize) << 20,
             config: plugin_config(&p.config),
             kv: Some(client.clone()),
+            grants: p.grants.clone(),
+            fuel: p.fuel,
         };
+        if p.fuel.is_some() && !ctx.engine.counts_fuel() {
+            anyhow::bail!(
+                "plugin {}: fuel is counted only when a pipeline sets it at start: restart sluice to apply `fuel`",
+                p.plugin.display()
+            );
+        }
         let (engine, path) = (ctx.engine.clone(), p.plugin.clone());
         let started = Instant::now();
         let stage = tokio::task::spawn_blocking(move || -> Result<Stage> {

@@ -26,6 +26,10 @@ pub struct StageSettings {
     pub config: Vec<(String, String)>,
     /// Redis behind the `kv` import.
     pub kv: Option<redis::Client>,
+    /// Folders and environment variables the sandbox lets through.
+    pub grants: crate::config::Grants,
+    /// Most fuel one call may use, if set (the engine must count fuel).
+    pub fuel: Option<u64>,
 }
 
 /// A plugin and the settings its instances run with: what a consumer
@@ -95,10 +99,13 @@ impl Instance {
             plugin.path.display().to_string().into(),
             settings.memory_bytes,
             settings.kv.clone(),
-        );
+            &settings.grants,
+        )
+        .map_err(|e| Failure::retry(FailureClass::Plugin, format!("cannot grant: {e:#}")))?;
         let mut store = Store::new(plugin.pre.engine(), host);
         store.limiter(|h| &mut h.limits);
         store.set_epoch_deadline(deadline_ticks(settings.timeout));
+        refuel(&mut store, settings)?;
         let _ticking = plugin.ticker.running();
         let instance = plugin
             .pre
@@ -139,6 +146,20 @@ fn deadline_ticks(timeout: Duration) -> u64 {
     (timeout.as_millis() as u64).div_ceil(EPOCH_TICK.as_millis() as u64) + 1
 }
 
+/// Gives a call its `fuel`; on an engine that counts fuel, a processor
+/// without a `fuel` setting gets all there is.
+fn refuel(store: &mut Store<Host>, settings: &StageSettings) -> Result<(), Failure> {
+    let counting = store.get_fuel().is_ok();
+    let fuel = match (settings.fuel, counting) {
+        (Some(fuel), _) => fuel,
+        (None, true) => u64::MAX,
+        (None, false) => return Ok(()),
+    };
+    store
+        .set_fuel(fuel)
+        .map_err(|e| Failure::retry(FailureClass::Plugin, format!("cannot set fuel: {e}")))
+}
+
 /// Names a trap by its cause: the deadline, the memory cap, or the guest's own panic.
 fn classify(
     e: wasmtime::Error,
@@ -153,6 +174,15 @@ fn classify(
             format!(
                 "{during} ran longer than timeout_ms = {}",
                 settings.timeout.as_millis()
+            ),
+        );
+    }
+    if matches!(e.downcast_ref::<Trap>(), Some(Trap::OutOfFuel)) {
+        return Failure::retry(
+            FailureClass::Timeout,
+            format!(
+                "{during} used more than fuel = {}",
+                settings.fuel.unwrap_or_default()
             ),
         );
     }
@@ -253,6 +283,10 @@ impl Slot {
         let settings = &version.settings;
         inst.store
             .set_epoch_deadline(deadline_ticks(settings.timeout));
+        refuel(&mut inst.store, settings)?;
+        if let (Some(first), Some(last)) = (batch.first(), batch.last()) {
+            inst.store.data().log.processing(first.id, last.id);
+        }
         let _ticking = version.plugin.ticker.running();
         let called = match inst.encoded.filter(|_| encoded_pays(batch)) {
             Some(func) => inst.call_encoded(func, batch),

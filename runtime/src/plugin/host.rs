@@ -1,18 +1,16 @@
 //! What a plugin instance sees of the host: a sandboxed WASI (no files,
-//! network or environment), the `log` and `kv` imports, and its limits.
+//! network or environment beyond `[processor.grants]`), the `log` and `kv`
+//! imports, and its limits.
 
 use super::bindings::sluice::processor::{kv, log, types};
+use super::guest_log::{GuestLog, GuestOutput, Level, Origin, StderrTail};
+use super::memory_kv::MemoryKv;
+use crate::config::Grants;
 use anyhow::Result;
-use bytes::Bytes;
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-
-/// What a stderr tail keeps: enough for a panic message and its location.
-const STDERR_TAIL: usize = 4096;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 /// How long a key-value call may wait on Redis before it fails (the plugin
 /// sees an error it can handle; the call's own timeout still applies).
@@ -27,9 +25,8 @@ pub struct Host {
     /// and the text goes into the failure reason.
     pub stderr: StderrTail,
     kv: Kv,
-    /// Log target fields.
-    pipeline: Arc<str>,
-    plugin: Arc<str>,
+    /// `log` calls, stdout and stderr, tagged and rate-limited.
+    pub log: GuestLog,
 }
 
 impl Host {
@@ -38,11 +35,25 @@ impl Host {
         plugin: Arc<str>,
         memory_bytes: usize,
         kv: Option<redis::Client>,
-    ) -> Self {
+        grants: &Grants,
+    ) -> Result<Self> {
         let stderr = StderrTail::default();
+        let guest_log = GuestLog::new(pipeline.clone(), plugin);
         let mut builder = WasiCtx::builder();
-        builder.stderr(stderr.clone());
-        Host {
+        // Granted folders appear at their own paths, read-only.
+        for dir in &grants.dirs {
+            builder
+                .preopened_dir(dir, dir, FsPerms::ReadOnly)
+                .map_err(|e| anyhow::anyhow!("cannot open granted folder {dir}: {e}"))?;
+        }
+        for name in &grants.env {
+            if let Ok(value) = std::env::var(name) {
+                builder.env(name, value);
+            }
+        }
+        builder.stdout(GuestOutput::stdout(guest_log.clone()));
+        builder.stderr(GuestOutput::stderr(guest_log.clone(), stderr.clone()));
+        Ok(Host {
             wasi: builder.build(),
             table: ResourceTable::new(),
             limits: Limits {
@@ -51,13 +62,13 @@ impl Host {
             },
             stderr,
             kv: Kv {
+                memory: kv.is_none().then(MemoryKv::default),
                 client: kv,
                 conn: None,
                 prefix: format!("sluice:kv:{{{pipeline}}}:"),
             },
-            pipeline,
-            plugin,
-        }
+            log: guest_log,
+        })
     }
 }
 
@@ -80,20 +91,14 @@ impl types::Host for Host {}
 
 impl log::Host for Host {
     fn log(&mut self, level: log::Level, message: String) {
-        let (pipeline, plugin) = (&*self.pipeline, &*self.plugin);
-        match level {
-            log::Level::Trace => {
-                tracing::trace!(pipeline = %pipeline, plugin = %plugin, "{message}")
-            }
-            log::Level::Debug => {
-                tracing::debug!(pipeline = %pipeline, plugin = %plugin, "{message}")
-            }
-            log::Level::Info => tracing::info!(pipeline = %pipeline, plugin = %plugin, "{message}"),
-            log::Level::Warn => tracing::warn!(pipeline = %pipeline, plugin = %plugin, "{message}"),
-            log::Level::Error => {
-                tracing::error!(pipeline = %pipeline, plugin = %plugin, "{message}")
-            }
-        }
+        let level = match level {
+            log::Level::Trace => Level::Trace,
+            log::Level::Debug => Level::Debug,
+            log::Level::Info => Level::Info,
+            log::Level::Warn => Level::Warn,
+            log::Level::Error => Level::Error,
+        };
+        self.log.line(Origin::Log(level), &message);
     }
 }
 
@@ -105,6 +110,8 @@ struct Kv {
     client: Option<redis::Client>,
     conn: Option<redis::Connection>,
     prefix: String,
+    /// Used instead when there is no Redis (`plugin test`).
+    memory: Option<MemoryKv>,
 }
 
 impl Kv {
@@ -138,14 +145,21 @@ impl Kv {
 
 impl kv::Host for Host {
     fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
+        if let Some(memory) = &mut self.kv.memory {
+            return Ok(memory.get(&key));
+        }
         let key = self.kv.key(&key);
         self.kv.run(redis::cmd("GET").arg(key))
     }
 
     fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<(), String> {
         let mut cmd = redis::cmd("SET");
-        cmd.arg(self.kv.key(&key)).arg(value);
+        cmd.arg(self.kv.key(&key)).arg(&value);
         with_ttl(&mut cmd, ttl_ms)?;
+        if let Some(memory) = &mut self.kv.memory {
+            memory.set(key, value, ttl_ms);
+            return Ok(());
+        }
         self.kv.run(&mut cmd)
     }
 
@@ -156,18 +170,28 @@ impl kv::Host for Host {
         ttl_ms: Option<u64>,
     ) -> Result<bool, String> {
         let mut cmd = redis::cmd("SET");
-        cmd.arg(self.kv.key(&key)).arg(value).arg("NX");
+        cmd.arg(self.kv.key(&key)).arg(&value).arg("NX");
         with_ttl(&mut cmd, ttl_ms)?;
+        if let Some(memory) = &mut self.kv.memory {
+            return Ok(memory.set_new(key, value, ttl_ms));
+        }
         // OK when stored, nil when the key was already there.
         self.kv.run::<Option<String>>(&mut cmd).map(|r| r.is_some())
     }
 
     fn delete(&mut self, key: String) -> Result<(), String> {
+        if let Some(memory) = &mut self.kv.memory {
+            memory.delete(&key);
+            return Ok(());
+        }
         let key = self.kv.key(&key);
         self.kv.run::<i64>(redis::cmd("DEL").arg(key)).map(drop)
     }
 
     fn incr(&mut self, key: String, by: i64) -> Result<i64, String> {
+        if let Some(memory) = &mut self.kv.memory {
+            return memory.incr(&key, by);
+        }
         let key = self.kv.key(&key);
         self.kv.run(redis::cmd("INCRBY").arg(key).arg(by))
     }
@@ -214,72 +238,5 @@ impl wasmtime::ResourceLimiter for Limits {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000)
-    }
-}
-
-/// Guest stderr: keeps the last [`STDERR_TAIL`] bytes and never refuses a
-/// write (a refused write makes Rust's `eprintln!` panic).
-#[derive(Clone, Default)]
-pub struct StderrTail(Arc<Mutex<VecDeque<u8>>>);
-
-impl StderrTail {
-    /// The last line the guest wrote that says something (a panic message, usually).
-    pub fn last_message(&self) -> Option<String> {
-        let buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let bytes: Vec<u8> = buf.iter().copied().collect();
-        drop(buf);
-        let text = String::from_utf8_lossy(&bytes);
-        // Skip Rust's "note: run with `RUST_BACKTRACE=1`" hint after a panic.
-        let lines: Vec<&str> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
-            .collect();
-        // Rust prints "panicked at src/lib.rs:1:2:" then the message on the next line.
-        let msg = match lines.as_slice() {
-            [.., at, msg] if at.contains("panicked at") => format!("{at} {msg}"),
-            [.., last] => last.to_string(),
-            [] => return None,
-        };
-        Some(msg.chars().take(500).collect())
-    }
-}
-
-impl wasmtime_wasi::cli::IsTerminal for StderrTail {
-    fn is_terminal(&self) -> bool {
-        false
-    }
-}
-
-impl wasmtime_wasi::cli::StdoutStream for StderrTail {
-    fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(self.clone())
-    }
-
-    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(tokio::io::sink())
-    }
-}
-
-#[wasmtime_wasi::async_trait]
-impl Pollable for StderrTail {
-    async fn ready(&mut self) {}
-}
-
-impl OutputStream for StderrTail {
-    fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
-        let mut buf = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        buf.extend(bytes.iter());
-        let excess = buf.len().saturating_sub(STDERR_TAIL);
-        buf.drain(..excess);
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<(), StreamError> {
-        Ok(())
-    }
-
-    fn check_write(&mut self) -> Result<usize, StreamError> {
-        Ok(64 * 1024)
     }
 }

@@ -12,7 +12,9 @@
 
 mod chain;
 mod core_module;
+mod guest_log;
 mod host;
+mod memory_kv;
 
 pub use chain::{Chain, Stage, StageSettings, Version};
 
@@ -54,6 +56,8 @@ struct EngineInner {
     cache_dir: Option<PathBuf>,
     /// Drives the epoch while plugin calls run.
     ticker: Arc<Ticker>,
+    /// Whether it counts fuel (see [`Engine::with_fuel`]).
+    fuel: bool,
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] while at least one
@@ -100,9 +104,18 @@ impl Engine {
     /// the engine is dropped). Compiled plugins are cached in `cache_dir`
     /// (see [`default_cache_dir`]) so restarts do not recompile.
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Self> {
+        Self::with_fuel(cache_dir, false)
+    }
+
+    /// [`Engine::new`], counting fuel if `fuel`: only then can a processor
+    /// set `fuel`. Counting costs every call of every plugin (~7-60%
+    /// depending on the guest, against ~5-12% for the epoch that enforces
+    /// `timeout_ms`), so it is on only when some pipeline asks for it.
+    pub fn with_fuel(cache_dir: Option<PathBuf>, fuel: bool) -> Result<Self> {
         let mut config = wasmtime::Config::new();
-        // Epochs, not fuel: timeouts cost ~5-12% per call instead of up to 60%.
+        // Epochs for timeouts: they cost ~5-12% per call instead of up to 60%.
         config.epoch_interruption(true);
+        config.consume_fuel(fuel);
         let engine = wasmtime::Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         host::add_to_linker(&mut linker)?;
@@ -112,6 +125,7 @@ impl Engine {
             compiled: Mutex::default(),
             cache_dir,
             ticker: Arc::default(),
+            fuel,
         });
         let weak: Weak<EngineInner> = Arc::downgrade(&inner);
         let thread = std::thread::Builder::new()
@@ -131,6 +145,11 @@ impl Engine {
             })?;
         let _ = inner.ticker.thread.set(thread.thread().clone());
         Ok(Engine { inner })
+    }
+
+    /// Whether processors may set `fuel` (see [`Engine::with_fuel`]).
+    pub fn counts_fuel(&self) -> bool {
+        self.inner.fuel
     }
 
     /// Reads, compiles and link-checks a plugin. Blocking and CPU-heavy
@@ -189,6 +208,7 @@ impl Engine {
                 component
             }
         };
+        check_imports(&self.inner.engine, &component)?;
         let pre = self
             .inner
             .linker
@@ -217,7 +237,13 @@ impl Engine {
         self.inner
             .cache_dir
             .as_ref()
-            .map(|d| d.join(format!("{hash}.cwasm")))
+            // Code that counts fuel differs: keep both kinds side by side.
+            .map(|d| {
+                d.join(format!(
+                    "{hash}{}.cwasm",
+                    if self.inner.fuel { "-fuel" } else { "" }
+                ))
+            })
     }
 
     /// A component compiled earlier, if the cache has one this engine accepts
@@ -270,6 +296,33 @@ pub fn default_cache_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
     Some(base.join("sluice"))
+}
+
+/// Refuses a component that imports an interface the host does not provide,
+/// naming the import and the grant that would allow it, if any; the linker
+/// then checks the provided ones' shapes.
+fn check_imports(engine: &wasmtime::Engine, component: &Component) -> Result<()> {
+    for (name, _) in component.component_type().imports(engine) {
+        let package = name.split('/').next().unwrap_or(name);
+        let package = package.split('@').next().unwrap_or(package);
+        match package {
+            // The world's own imports, and the WASI every language runtime
+            // links against. Files, environment and sockets are there to
+            // link, but empty unless granted (`dirs`, `env`; no network).
+            "sluice:processor" | "wasi:io" | "wasi:clocks" | "wasi:random" | "wasi:cli"
+            | "wasi:filesystem" | "wasi:sockets" => {}
+            "wasi:http" => anyhow::bail!(
+                "it imports `{name}`, which sluice does not provide and no grant allows (plugins get no network); \
+                 build without it (componentize-js: `-d http fetch-event`)"
+            ),
+            _ => anyhow::bail!(
+                "it imports `{name}`, which sluice does not provide and no grant allows; \
+                 a plugin may import the sluice:processor world's `log` and `kv`, and WASI's \
+                 io, clocks, random, cli, filesystem (folders in [processor.grants] dirs) and sockets (always refused)"
+            ),
+        }
+    }
+    Ok(())
 }
 
 fn first_line(e: &wasmtime::Error) -> String {
