@@ -45,6 +45,43 @@
 //! # -> target/wasm32-wasip2/release/<crate>.wasm, a component ready for a pipeline's `plugin = ...`
 //! ```
 //!
+//! # Testing a processor
+//!
+//! A processor is plain Rust: its unit tests run natively with `cargo test`,
+//! no Wasm target or runtime needed. Build its [`Config`] from pairs and its
+//! input with [`Message::new`], call `init` and `process`, and look at the
+//! records:
+//!
+//! ```
+//! # use sluice_sdk::{Config, Failure, Message, Processor, Record};
+//! # struct Tag { team: String }
+//! # impl Processor for Tag {
+//! #     fn init(config: Config) -> Result<Self, String> {
+//! #         Ok(Tag { team: config.get_or("team", "core").to_owned() })
+//! #     }
+//! #     fn process(&mut self, msg: Message) -> Result<Vec<Record>, Failure> {
+//! #         let Some(level) = msg.get_str("level") else {
+//! #             return Err(Failure::dead_letter("missing field `level`"));
+//! #         };
+//! #         let sink = if level == "error" { "alerts" } else { "events" };
+//! #         Ok(vec![msg.into_record().set("team", self.team.as_str()).to(sink)])
+//! #     }
+//! # }
+//! let mut tag = Tag::init([("team", "web")].into_iter().collect()).unwrap();
+//!
+//! let records = tag.process(Message::new([("level", "error")])).unwrap();
+//! assert_eq!(records[0].get_str("team"), Some("web"));
+//! assert_eq!(records[0].sink(), Some("alerts"));
+//!
+//! let failure = tag.process(Message::new([("msg", "hi")])).unwrap_err();
+//! assert_eq!(failure.kind(), sluice_sdk::FailureKind::DeadLetter);
+//! ```
+//!
+//! [`log`] and [`kv`] call into the runtime, so they exist only inside
+//! Wasm: keep them out of the logic under test, or test that logic through
+//! `sluice plugin test`, which runs the built plugin with an in-memory
+//! key-value store.
+//!
 //! # Map
 //!
 //! - [`Processor`] and [`export_processor!`]: what a plugin implements and how it is exported.

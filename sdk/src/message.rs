@@ -54,6 +54,49 @@ impl Message {
     }
 }
 
+/// Building messages by hand: for a processor's unit tests, which run
+/// natively with `cargo test`, no Wasm involved (see the crate docs).
+impl Message {
+    /// A first delivery of `fields`, with id `1-0` from source `test`.
+    pub fn new<N, V>(fields: impl IntoIterator<Item = (N, V)>) -> Self
+    where
+        N: Into<String>,
+        V: Into<Vec<u8>>,
+    {
+        Message(wit::Message {
+            id: "1-0".into(),
+            source: "test".into(),
+            fields: fields
+                .into_iter()
+                .map(|(name, value)| wit::Field {
+                    name: name.into(),
+                    value: value.into(),
+                })
+                .collect(),
+            deliveries: 1,
+            first_delivery_ms: 1,
+        })
+    }
+
+    /// The same message with entry id `id`.
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.0.id = id.into();
+        self
+    }
+
+    /// The same message from `source` (stream key, channel or list).
+    pub fn with_source(mut self, source: impl Into<String>) -> Self {
+        self.0.source = source.into();
+        self
+    }
+
+    /// The same message on its `n`th delivery.
+    pub fn with_deliveries(mut self, n: u32) -> Self {
+        self.0.deliveries = n;
+        self
+    }
+}
+
 impl From<wit::Message> for Message {
     fn from(message: wit::Message) -> Self {
         Message(message)
