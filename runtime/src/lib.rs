@@ -25,6 +25,7 @@
 //! status      `sluice status`: lag, pending and dead letters per group, list and pub/sub source
 //! pending     `sluice pending`: inspect, ack or claim pending entries by hand
 //! plugin_test `sluice plugin test`: run a plugin on sample messages, no Redis
+//! plugin_diff `sluice plugin diff`: two plugin versions on the same messages, compared
 //! progress    progress bars for long command-line work, on a terminal only
 //! ```
 //!
@@ -50,6 +51,7 @@ pub mod message;
 pub mod pending;
 pub mod pipeline;
 pub mod plugin;
+pub mod plugin_diff;
 pub mod plugin_test;
 pub mod progress;
 pub mod readiness;

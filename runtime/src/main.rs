@@ -139,6 +139,10 @@ enum PluginAction {
         #[arg(long = "field", value_name = "NAME=VALUE", value_parser = key_value)]
         field: Vec<(String, String)>,
     },
+    /// Run two versions of a plugin on the same messages and report, per
+    /// message, same, different (field by field) or failing in one
+    /// version. Exits 2 when any message differs or fails.
+    Diff(sluice::plugin_diff::DiffArgs),
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -219,6 +223,12 @@ fn main() -> ExitCode {
                         field,
                     },
             } => plugin_test(plugin, config, input, field).await,
+            Command::Plugin {
+                action: PluginAction::Diff(args),
+            } => {
+                let url = default_redis_url(args.redis.clone());
+                sluice::plugin_diff::command(args, url).await
+            }
             Command::Pending {
                 stream,
                 group,

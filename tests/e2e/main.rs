@@ -22,6 +22,7 @@
 //! - `pubsub_keepalive`: a silent or killed subscription is noticed and renewed.
 //! - `plugins`: core-module plugins (WAT, C) in real pipelines, and their sandbox limits.
 //! - `reload`: plugin swaps and pipeline file edits while messages flow; the compile cache.
+//! - `rollout`: `plugin diff` on live traffic, shadow and canary rollouts, rollback, promote.
 //! - `shutdown`: SIGTERM drains, a restart resumes, nothing is lost or duplicated.
 //! - `sources`: pub/sub and list sources, several streams, a Python plugin, the bridge
 //!   pipelines in `pipelines/`.
@@ -45,6 +46,7 @@ mod operations;
 mod plugins;
 mod pubsub_keepalive;
 mod reload;
+mod rollout;
 mod shutdown;
 mod sinks;
 mod sources;
