@@ -72,6 +72,69 @@ pub async fn command(args: DiffArgs, url: String) -> Result<ExitCode> {
     })
 }
 
+/// `sluice plugin promote|rollback PIPELINE [STAGE] --http ADDR`.
+#[derive(clap::Args)]
+pub struct ControlArgs {
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// The processor, counted from 1 in the pipeline file's order.
+    #[arg(default_value_t = 1)]
+    pub stage: usize,
+    /// The `--http` address of the running `sluice run`.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+    pub http: String,
+}
+
+/// Asks the process listening on `args.http` to `action` (promote or
+/// rollback) a stage; prints its answer. Exit 0 when it did, 2 when it
+/// had nothing to do (no candidate, no previous version).
+pub async fn control(args: ControlArgs, action: &str) -> Result<ExitCode> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let path = format!(
+        "/pipelines/{}/stages/{}/{action}",
+        percent_encode(&args.pipeline),
+        args.stage
+    );
+    let mut stream = tokio::net::TcpStream::connect(&args.http)
+        .await
+        .with_context(|| format!("cannot reach sluice at {} (its --http address)", args.http))?;
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        args.http
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("not an HTTP answer from {}", args.http))?;
+    match status {
+        200 => {
+            print!("{body}");
+            Ok(ExitCode::SUCCESS)
+        }
+        409 => {
+            eprintln!("{action}: {}", body.trim_end());
+            Ok(ExitCode::from(2))
+        }
+        _ => anyhow::bail!("{action}: {} (HTTP {status})", body.trim_end()),
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// The `count` newest entries of `stream`, oldest first, read with
 /// XREVRANGE (no group, nothing acked).
 pub async fn read_recent(url: &str, stream: &str, count: usize) -> Result<Vec<Message>> {

@@ -13,8 +13,9 @@
 mod chain;
 mod core_module;
 mod host;
+pub mod rollout;
 
-pub use chain::{Chain, Stage, StageSettings, Version};
+pub use chain::{Chain, MANUAL, Offered, Stage, StageSettings, Version};
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
