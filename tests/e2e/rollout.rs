@@ -565,3 +565,33 @@ fn promote_makes_the_shadow_serve() {
     assert_eq!(state["candidate"], serde_json::Value::Null);
     sluice.shutdown();
 }
+
+#[test]
+fn a_clean_trial_is_promoted_after_promote_after_ms() {
+    let redis = RedisServer::new();
+    let mut con = redis.conn();
+    let rig = Rig::new(
+        &redis,
+        "",
+        "rollout = \"canary\"\ncanary_percent = 50\npromote_after_ms = 300",
+        "",
+    );
+    let (mut sluice, addr) = rig.run();
+    rig.deploy_v2(&mut sluice, "new plugin version on trial");
+    let producer = Producer::start(&redis, IN, 20, Duration::from_millis(10));
+    sluice.wait_for_log(&["new plugin version promoted", "PromoteAfter"], 1);
+    sluice.wait_until("output of version 2 only, after the promotion", |_| {
+        let tail = xrange_all(&mut con, OUT);
+        tail.len() > 200
+            && tail[tail.len() - 200..]
+                .iter()
+                .all(|e| e.get("plugin_version") == "2")
+    });
+    let written = producer.stop();
+    wait_settled(&mut con, &mut sluice, written, 0);
+    assert_exactly_once(&xrange_all(&mut con, OUT), written);
+    let state = rollout(&addr);
+    assert_eq!(state["serving"], sha256(&faults_v2()));
+    assert_eq!(state["history"][1]["how"], "promote_after");
+    sluice.shutdown();
+}
