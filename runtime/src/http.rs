@@ -1,7 +1,9 @@
 //! `--http ADDR`: `/metrics` (Prometheus text), `/health` (the process is
 //! up: plain `ok`), `/ready` (JSON: whether each pipeline consumes, and why
-//! not; 503 while any cannot), and `/`, a live dashboard drawn from the
-//! metrics.
+//! not; 503 while any cannot), `/rollouts` (plugin versions per stage, see
+//! [`crate::plugin::rollout`]), `POST /pipelines/{name}/stages/{n}/promote`
+//! and `.../rollback` (what `sluice plugin promote|rollback` send), and `/`,
+//! a live dashboard drawn from the metrics.
 
 use anyhow::{Context as _, Result};
 use axum::Router;

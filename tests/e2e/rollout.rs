@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
+use crate::support::browser::{card_stat, dump_dom};
 use crate::support::flow::{Producer, last_entry};
 use crate::support::http::{get, series};
 use crate::support::logs::field;
@@ -527,6 +528,12 @@ fn rollback_under_load_restores_the_previous_version_with_nothing_lost() {
             (v2, "file_change".into()),
             (v1, "rollback".into())
         ]
+    );
+    let dom = dump_dom(&format!("http://{addr}/"));
+    let shown = card_stat(&dom, NAME, "versions").unwrap_or_default();
+    assert!(
+        shown.contains(" file_change ") && shown.contains(" rollback "),
+        "the dashboard shows the history: {shown}"
     );
     // Nothing left to roll back to: said so, exit 2.
     let mut again = Sluice::spawn(["plugin", "rollback", NAME, "--http", &addr]);
