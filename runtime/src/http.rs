@@ -99,23 +99,28 @@ fn rollouts() -> impl IntoResponse {
 async fn control(
     axum::extract::Path((pipeline, stage, action)): axum::extract::Path<(String, usize, String)>,
 ) -> impl IntoResponse {
-    let result = crate::plugin::rollout::find(&pipeline, stage)
-        .map_err(|e| (StatusCode::NOT_FOUND, e))
-        .and_then(|s| {
-            match action.as_str() {
-                "promote" => s.promote(crate::plugin::rollout::How::Promote),
-                "rollback" => s.rollback(crate::plugin::MANUAL),
-                other => {
-                    return Err((
-                        StatusCode::NOT_FOUND,
-                        format!("no action `{other}`; valid: promote, rollback"),
-                    ));
-                }
+    let act = move || {
+        let s = crate::plugin::rollout::find(&pipeline, stage)
+            .map_err(|e| (StatusCode::NOT_FOUND, e))?;
+        match action.as_str() {
+            "promote" => s.promote(crate::plugin::rollout::How::Promote),
+            "rollback" => s.rollback(crate::plugin::MANUAL),
+            other => {
+                return Err((
+                    StatusCode::NOT_FOUND,
+                    format!("no action `{other}`; valid: promote, rollback"),
+                ));
             }
-            .map_err(|e| (StatusCode::CONFLICT, e))
-        });
+        }
+        .map(|hash| (pipeline, hash))
+        .map_err(|e| (StatusCode::CONFLICT, e))
+    };
+    // Off the async threads: it records the versions in Redis.
+    let result = tokio::task::spawn_blocking(act)
+        .await
+        .unwrap_or_else(|e| Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())));
     match result {
-        Ok(hash) => (
+        Ok((pipeline, hash)) => (
             StatusCode::OK,
             format!("{pipeline} stage {stage}: {hash} serves\n"),
         ),

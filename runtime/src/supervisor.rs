@@ -391,6 +391,8 @@ fn spawn(built: pipeline::Built, pipeline: Pipeline) -> Running {
     let token = stop.clone();
     crate::readiness::running(&name);
     crate::plugin::rollout::register(&name, &stages);
+    let published = name.clone();
+    tokio::task::spawn_blocking(move || crate::plugin::rollout::publish(&published));
     let done = tokio::spawn(async move {
         if let Err(e) = built.run(token).await {
             error!(pipeline = %name, "pipeline failed: {e:#}");
@@ -434,6 +436,8 @@ async fn swap_plugin(engine: &Engine, pipeline: &str, stage: &Arc<Stage>) {
                 plugin,
                 settings: current.settings.clone(),
             });
+            let published = pipeline.to_string();
+            tokio::task::spawn_blocking(move || crate::plugin::rollout::publish(&published));
             let ms = started.elapsed().as_millis() as u64;
             match offered {
                 Offered::Swapped(_) => {

@@ -526,8 +526,25 @@ fn rollback_under_load_restores_the_previous_version_with_nothing_lost() {
         [
             (v1.clone(), "start".into()),
             (v2, "file_change".into()),
-            (v1, "rollback".into())
+            (v1.clone(), "rollback".into())
         ]
+    );
+    // `sluice status` shows the same history, from Redis.
+    let json = Sluice::exec([
+        OsStr::new("status"),
+        rig.pipeline.as_os_str(),
+        OsStr::new("--json"),
+    ])
+    .stdout();
+    let rows: serde_json::Value = serde_json::from_str(&json).expect("status JSON");
+    assert_eq!(
+        rows[0]["versions"][0]["history"], state["history"],
+        "{json}"
+    );
+    let table = Sluice::exec([OsStr::new("status"), rig.pipeline.as_os_str()]).stdout();
+    assert!(
+        table.contains(&format!("stage 1: {} start", &v1[..12])) && table.contains(" rollback "),
+        "{table}"
     );
     let dom = dump_dom(&format!("http://{addr}/"));
     let shown = card_stat(&dom, NAME, "versions").unwrap_or_default();

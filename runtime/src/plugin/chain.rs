@@ -158,7 +158,8 @@ impl Stage {
         Offered::OnTrial
     }
 
-    /// Makes the candidate the serving version; returns its hash.
+    /// Makes the candidate the serving version; returns its hash. Blocking
+    /// (records the versions in Redis for `sluice status`).
     pub fn promote(&self, how: How) -> Result<String, String> {
         let mut trial = self.trial();
         let next = self
@@ -173,13 +174,15 @@ impl Stage {
         trial.history.push(Served::now(&hash, how));
         let (pipeline, stage) = self.labels();
         tracing::info!(pipeline = %pipeline, stage, hash = %&hash[..12], how = ?how, "new plugin version promoted: it serves every message now");
-        metrics::counter!("sluice_plugin_promotions_total", "pipeline" => pipeline, "stage" => stage.to_string()).increment(1);
+        metrics::counter!("sluice_plugin_promotions_total", "pipeline" => pipeline.clone(), "stage" => stage.to_string()).increment(1);
+        drop(trial);
+        super::rollout::publish(&pipeline);
         Ok(hash)
     }
 
     /// Drops the candidate, or without one returns to the version that
     /// served before; the version left is refused until the file changes.
-    /// Returns the hash that serves now.
+    /// Returns the hash that serves now. Blocking, like [`Stage::promote`].
     pub fn rollback(&self, why: &str) -> Result<String, String> {
         let mut trial = self.trial();
         let (pipeline, stage) = self.labels();
@@ -206,7 +209,9 @@ impl Stage {
             serving = %serving.plugin.short_hash(),
             "plugin version rolled back: {why}; it is not rolled out again until the file changes"
         );
-        metrics::counter!("sluice_plugin_rollbacks_total", "pipeline" => pipeline, "stage" => stage.to_string(), "reason" => if why == MANUAL { "manual" } else { "failure_rate" }).increment(1);
+        metrics::counter!("sluice_plugin_rollbacks_total", "pipeline" => pipeline.clone(), "stage" => stage.to_string(), "reason" => if why == MANUAL { "manual" } else { "failure_rate" }).increment(1);
+        drop(trial);
+        super::rollout::publish(&pipeline);
         Ok(serving.plugin.hash().to_string())
     }
 

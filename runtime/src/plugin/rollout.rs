@@ -231,6 +231,39 @@ pub fn registered() -> HashMap<String, Vec<Arc<Stage>>> {
         .collect()
 }
 
+/// The Redis key holding pipeline `name`'s versions, for `sluice status`.
+pub fn versions_key(name: &str) -> String {
+    format!("{name}:versions")
+}
+
+/// Writes pipeline `name`'s stage reports (see [`Stage::report`]) to
+/// [`versions_key`], so `sluice status` shows what serves without asking
+/// the process. Blocking (one SET): call it off the async threads. Best
+/// effort: a failure costs only a stale status.
+pub fn publish(name: &str) {
+    let Some(stages) = registered().remove(name) else {
+        return;
+    };
+    let Some(client) = stages.first().and_then(|s| s.current().settings.kv.clone()) else {
+        return;
+    };
+    let body = serde_json::Value::Array(stages.iter().map(|s| s.report()).collect());
+    let written = client
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .and_then(|mut conn| {
+            redis::cmd("SET")
+                .arg(versions_key(name))
+                .arg(body.to_string())
+                .query::<()>(&mut conn)
+        });
+    if let Err(e) = written {
+        tracing::debug!(
+            pipeline = name,
+            "cannot record plugin versions for status: {e}"
+        );
+    }
+}
+
 /// Stage `stage` (1-based) of pipeline `name`, or why there is none.
 pub fn find(name: &str, stage: usize) -> Result<Arc<Stage>, String> {
     let all = registered();
