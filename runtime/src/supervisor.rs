@@ -9,7 +9,9 @@
 //!   the old one and starts the new;
 //! - an invalid edit is reported and the last good version keeps running;
 //! - a changed plugin file is compiled off the async threads, initialised,
-//!   and swapped in between batches ([`crate::plugin::Stage::swap`]);
+//!   and swapped in between batches, or, under `rollout = "shadow"` or
+//!   `"canary"`, put on trial beside the serving version
+//!   ([`crate::plugin::Stage::offer`]);
 //! - a change that moves a stream pipeline to another group (its `group`,
 //!   `stream`, name or Redis) warns with the backlog the old group keeps
 //!   and nobody reads any more ([`crate::backlog`]).
