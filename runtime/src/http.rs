@@ -1,7 +1,9 @@
 //! `--http ADDR`: `/metrics` (Prometheus text), `/health` (the process is
 //! up: plain `ok`), `/ready` (JSON: whether each pipeline consumes, and why
-//! not; 503 while any cannot), and `/`, a live dashboard drawn from the
-//! metrics.
+//! not; 503 while any cannot), `/rollouts` (plugin versions per stage, see
+//! [`crate::plugin::rollout`]), `POST /pipelines/{name}/stages/{n}/promote`
+//! and `.../rollback` (what `sluice plugin promote|rollback` send), and `/`,
+//! a live dashboard drawn from the metrics.
 
 use anyhow::{Context as _, Result};
 use axum::Router;
@@ -60,7 +62,12 @@ pub async fn serve(
             "/ready",
             get(move || std::future::ready(readiness(ready.load(Ordering::Relaxed)))),
         )
-        .route("/", get(|| async { Html(DASHBOARD) }));
+        .route("/", get(|| async { Html(DASHBOARD) }))
+        .route("/rollouts", get(|| async { rollouts() }))
+        .route(
+            "/pipelines/{pipeline}/stages/{stage}/{action}",
+            axum::routing::post(control),
+        );
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -69,6 +76,56 @@ pub async fn serve(
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await?;
     Ok(())
+}
+
+/// `/rollouts`: per pipeline and processor, the serving version, the one on
+/// trial, the previous one, failure rates and the history of what served.
+fn rollouts() -> impl IntoResponse {
+    let mut pipelines: Vec<_> = crate::plugin::rollout::registered().into_iter().collect();
+    pipelines.sort_by(|a, b| a.0.cmp(&b.0));
+    let body: serde_json::Map<String, serde_json::Value> = pipelines
+        .into_iter()
+        .map(|(name, stages)| (name, stages.iter().map(|s| s.report()).collect()))
+        .collect();
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        format!("{}\n", serde_json::Value::Object(body)),
+    )
+}
+
+/// `POST /pipelines/{pipeline}/stages/{stage}/promote|rollback`: what
+/// `sluice plugin promote|rollback` sends. 200 with the hash that serves
+/// now, or 409 (nothing to do) / 404 (no such pipeline or stage) with why.
+async fn control(
+    axum::extract::Path((pipeline, stage, action)): axum::extract::Path<(String, usize, String)>,
+) -> impl IntoResponse {
+    let act = move || {
+        let s = crate::plugin::rollout::find(&pipeline, stage)
+            .map_err(|e| (StatusCode::NOT_FOUND, e))?;
+        match action.as_str() {
+            "promote" => s.promote(crate::plugin::rollout::How::Promote),
+            "rollback" => s.rollback(crate::plugin::MANUAL),
+            other => {
+                return Err((
+                    StatusCode::NOT_FOUND,
+                    format!("no action `{other}`; valid: promote, rollback"),
+                ));
+            }
+        }
+        .map(|hash| (pipeline, hash))
+        .map_err(|e| (StatusCode::CONFLICT, e))
+    };
+    // Off the async threads: it records the versions in Redis.
+    let result = tokio::task::spawn_blocking(act)
+        .await
+        .unwrap_or_else(|e| Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())));
+    match result {
+        Ok((pipeline, hash)) => (
+            StatusCode::OK,
+            format!("{pipeline} stage {stage}: {hash} serves\n"),
+        ),
+        Err((status, why)) => (status, format!("{why}\n")),
+    }
 }
 
 /// `/ready`: 200 once every pipeline found at start was started and each

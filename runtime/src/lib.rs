@@ -27,6 +27,7 @@
 //! plugin_test `sluice plugin test`: run a plugin on sample messages, no Redis
 //! plugin_bench `sluice plugin bench`: a plugin's cost per message by batch size
 //! scaffold    `sluice plugin new`: a processor project per language, from templates
+//! plugin_diff `sluice plugin diff`: two plugin versions on the same messages, compared
 //! progress    progress bars for long command-line work, on a terminal only
 //! ```
 //!
@@ -53,6 +54,7 @@ pub mod pending;
 pub mod pipeline;
 pub mod plugin;
 pub mod plugin_bench;
+pub mod plugin_diff;
 pub mod plugin_test;
 pub mod progress;
 pub mod readiness;

@@ -178,6 +178,16 @@ enum PluginAction {
         #[arg(long, value_name = "DIR")]
         sdk: Option<PathBuf>,
     },
+    /// Run two versions of a plugin on the same messages and report, per
+    /// message, same, different (field by field) or failing in one
+    /// version. Exits 2 when any message differs or fails.
+    Diff(sluice::plugin_diff::DiffArgs),
+    /// Make the version on trial (shadow or canary) serve every message,
+    /// in the running process at --http.
+    Promote(sluice::plugin_diff::ControlArgs),
+    /// Drop the version on trial or, without one, return to the version
+    /// that served before, in the running process at --http.
+    Rollback(sluice::plugin_diff::ControlArgs),
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -278,6 +288,18 @@ fn main() -> ExitCode {
                         sdk,
                     },
             } => plugin_new(&name, lang, dir, sdk.as_deref()),
+            Command::Plugin {
+                action: PluginAction::Diff(args),
+            } => {
+                let url = default_redis_url(args.redis.clone());
+                sluice::plugin_diff::command(args, url).await
+            }
+            Command::Plugin {
+                action: PluginAction::Promote(args),
+            } => sluice::plugin_diff::control(args, "promote").await,
+            Command::Plugin {
+                action: PluginAction::Rollback(args),
+            } => sluice::plugin_diff::control(args, "rollback").await,
             Command::Pending {
                 stream,
                 group,

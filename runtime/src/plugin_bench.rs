@@ -49,15 +49,7 @@ pub fn run(
     }
     let loaded = engine.load(plugin)?;
     let (hash, call_path) = (loaded.short_hash().to_string(), loaded.call_path());
-    let settings = StageSettings {
-        pipeline: "plugin-bench".into(),
-        timeout: Duration::from_secs(10),
-        memory_bytes: 256 << 20,
-        config,
-        kv: None,
-        grants: Default::default(),
-        fuel: None,
-    };
+    let settings = StageSettings::offline("plugin-bench", config);
     let mut chain = Chain::new(&[Arc::new(Stage::new(loaded, settings))]);
     chain
         .warm()

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use std::io::{BufRead, Write};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Messages from a JSON-lines file: each line an object of fields (string
 /// values as they are, other values as their JSON text).
@@ -57,15 +57,7 @@ pub fn run(
     out: &mut impl Write,
 ) -> Result<bool> {
     let loaded = engine.load(plugin)?;
-    let settings = StageSettings {
-        pipeline: "plugin-test".into(),
-        timeout: Duration::from_secs(10),
-        memory_bytes: 256 << 20,
-        config,
-        kv: None,
-        grants: Default::default(),
-        fuel: None,
-    };
+    let settings = StageSettings::offline("plugin-test", config);
     let hash = loaded.short_hash().to_string();
     // One instance, one init: the one that then processes the batch.
     let mut chain = Chain::new(&[Arc::new(Stage::new(loaded, settings))]);

@@ -47,6 +47,11 @@ pub struct Row {
     pub consumers: Vec<(String, String)>,
     /// Length of the dead-letter stream, if it exists.
     pub dead_letters: Option<i64>,
+    /// Per processor, the plugin versions that served, as the running
+    /// process last recorded them (see [`crate::plugin::rollout::publish`]);
+    /// only for pipelines named on the command line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub versions: Option<serde_json::Value>,
 }
 
 /// Past this many streams, `status` shows its progress on a terminal.
@@ -127,8 +132,14 @@ pub async fn collect_pipelines(pipelines: &[Pipeline], default_url: &str) -> Res
             }
             SourceType::Pubsub => vec![pubsub(&mut conn, p).await?],
         };
+        let versions: Option<String> = redis::cmd("GET")
+            .arg(crate::plugin::rollout::versions_key(&p.name))
+            .query_async(&mut conn)
+            .await?;
+        let versions = versions.and_then(|v| serde_json::from_str(&v).ok());
         for row in &mut rows {
             row.pipeline = Some(p.name.clone());
+            row.versions = versions.clone();
         }
         out.extend(rows);
     }
@@ -379,9 +390,54 @@ pub fn print(rows: &[Row], out: &mut impl Write) -> std::io::Result<()> {
             for (name, detail) in &rows[k - 1].consumers {
                 writeln!(out, "    consumer {name}  {detail}")?;
             }
+            for line in versions_lines(rows[k - 1].versions.as_ref()) {
+                writeln!(out, "    {line}")?;
+            }
         }
     }
     Ok(())
+}
+
+/// One line per processor: the versions that served, oldest first, each as
+/// `<hash> <how> <age> ago`, then what is on trial or was rolled back.
+fn versions_lines(versions: Option<&serde_json::Value>) -> Vec<String> {
+    let Some(serde_json::Value::Array(stages)) = versions else {
+        return Vec::new();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let short = |v: &serde_json::Value| v.as_str().map(|h| h[..h.len().min(12)].to_string());
+    stages
+        .iter()
+        .map(|s| {
+            let history: Vec<String> = s["history"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| {
+                    format!(
+                        "{} {} {} ago",
+                        short(&v["hash"]).unwrap_or_default(),
+                        v["how"].as_str().unwrap_or_default(),
+                        seconds(now - v["since_ms"].as_i64().unwrap_or(now))
+                    )
+                })
+                .collect();
+            let mut line = format!("stage {}: {}", s["stage"], history.join(" -> "));
+            if let Some(c) = short(&s["candidate"]) {
+                line.push_str(&format!(
+                    "; {} on trial ({})",
+                    c,
+                    s["rollout"].as_str().unwrap_or_default()
+                ));
+            }
+            if let Some(r) = short(&s["refused"]) {
+                line.push_str(&format!("; {r} rolled back"));
+            }
+            line
+        })
+        .collect()
 }
 
 fn seconds(ms: i64) -> String {

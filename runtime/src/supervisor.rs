@@ -9,7 +9,9 @@
 //!   the old one and starts the new;
 //! - an invalid edit is reported and the last good version keeps running;
 //! - a changed plugin file is compiled off the async threads, initialised,
-//!   and swapped in between batches ([`crate::plugin::Stage::swap`]);
+//!   and swapped in between batches, or, under `rollout = "shadow"` or
+//!   `"canary"`, put on trial beside the serving version
+//!   ([`crate::plugin::Stage::offer`]);
 //! - a change that moves a stream pipeline to another group (its `group`,
 //!   `stream`, name or Redis) warns with the backlog the old group keeps
 //!   and nobody reads any more ([`crate::backlog`]).
@@ -19,7 +21,7 @@
 use crate::backlog;
 use crate::config::{self, ConfigError, Pipeline};
 use crate::pipeline::{self, Context};
-use crate::plugin::{Engine, Stage, Version};
+use crate::plugin::{Engine, Offered, Stage, Version};
 use crate::watch::{self, Watcher};
 use anyhow::{Result, bail};
 use std::collections::{HashMap, HashSet};
@@ -90,6 +92,7 @@ impl Running {
             error!(pipeline = %self.pipeline.name, "pipeline task failed: {e}");
         }
         crate::readiness::stopped(&self.pipeline.name);
+        crate::plugin::rollout::unregister(&self.pipeline.name);
     }
 }
 
@@ -389,6 +392,9 @@ fn spawn(built: pipeline::Built, pipeline: Pipeline) -> Running {
     let name = pipeline.name.clone();
     let token = stop.clone();
     crate::readiness::running(&name);
+    crate::plugin::rollout::register(&name, &stages);
+    let published = name.clone();
+    tokio::task::spawn_blocking(move || crate::plugin::rollout::publish(&published));
     let done = tokio::spawn(async move {
         if let Err(e) = built.run(token).await {
             error!(pipeline = %name, "pipeline failed: {e:#}");
@@ -419,25 +425,52 @@ async fn swap_plugin(engine: &Engine, pipeline: &str, stage: &Arc<Stage>) {
     .map_err(anyhow::Error::from)
     .and_then(|r| r);
     let path = current.plugin.path();
+    let candidate = stage.candidate();
     match loaded {
         Ok(plugin) if plugin.hash() == current.plugin.hash() => {}
+        Ok(plugin)
+            if candidate
+                .as_ref()
+                .is_some_and(|c| c.plugin.hash() == plugin.hash()) => {}
         Ok(plugin) => {
             let new_hash = plugin.short_hash().to_string();
-            crate::http::plugin_info(pipeline, path, current.plugin.short_hash(), false);
-            crate::http::plugin_info(pipeline, path, &new_hash, true);
-            stage.swap(Version {
+            let offered = stage.offer(Version {
                 plugin,
                 settings: current.settings.clone(),
             });
-            info!(
-                pipeline = %pipeline,
-                plugin = %path.display(),
-                old = %current.plugin.short_hash(),
-                new = %new_hash,
-                ms = started.elapsed().as_millis() as u64,
-                "plugin swapped; new batches use the new version"
-            );
-            metrics::counter!("sluice_plugin_swaps_total", "pipeline" => pipeline.to_string(), "result" => "ok").increment(1);
+            let published = pipeline.to_string();
+            tokio::task::spawn_blocking(move || crate::plugin::rollout::publish(&published));
+            let ms = started.elapsed().as_millis() as u64;
+            match offered {
+                Offered::Swapped(_) => {
+                    crate::http::plugin_info(pipeline, path, current.plugin.short_hash(), false);
+                    crate::http::plugin_info(pipeline, path, &new_hash, true);
+                    info!(
+                        pipeline = %pipeline,
+                        plugin = %path.display(),
+                        old = %current.plugin.short_hash(),
+                        new = %new_hash,
+                        ms,
+                        "plugin swapped; new batches use the new version"
+                    );
+                    metrics::counter!("sluice_plugin_swaps_total", "pipeline" => pipeline.to_string(), "result" => "ok").increment(1);
+                }
+                Offered::OnTrial => {
+                    info!(
+                        pipeline = %pipeline,
+                        plugin = %path.display(),
+                        serving = %current.plugin.short_hash(),
+                        candidate = %new_hash,
+                        rollout = ?stage.policy().mode,
+                        ms,
+                        "new plugin version on trial; the serving version keeps serving until it is promoted"
+                    );
+                    metrics::counter!("sluice_plugin_swaps_total", "pipeline" => pipeline.to_string(), "result" => "trial").increment(1);
+                }
+                Offered::Refused => {
+                    warn!(pipeline = %pipeline, plugin = %path.display(), hash = %new_hash, "this plugin version was rolled back; not rolling it out again until the file changes");
+                }
+            }
         }
         Err(e) => {
             error!(pipeline = %pipeline, plugin = %path.display(), "new plugin version refused, keeping {}: {e:#}", current.plugin.short_hash());

@@ -24,6 +24,7 @@
 //! - `reload`: plugin swaps and pipeline file edits while messages flow; the compile cache.
 //! - `scaffold`: `plugin new` in every language builds with the command it prints and passes
 //!   `plugin test`.
+//! - `rollout`: `plugin diff` on live traffic, shadow and canary rollouts, rollback, promote.
 //! - `shutdown`: SIGTERM drains, a restart resumes, nothing is lost or duplicated.
 //! - `sources`: pub/sub and list sources, several streams, a Python plugin, the bridge
 //!   pipelines in `pipelines/`.
@@ -47,6 +48,7 @@ mod operations;
 mod plugins;
 mod pubsub_keepalive;
 mod reload;
+mod rollout;
 mod scaffold;
 mod shutdown;
 mod sinks;

@@ -295,6 +295,11 @@ fn dashboard_shows_every_pipeline_in_a_real_browser() {
         plugins.contains("uppercase.wasm "),
         "the card names its plugin and hash:\n{later}"
     );
+    assert!(
+        card_stat(&later, "e2e", "versions")
+            .is_some_and(|v| v.starts_with("stage 1: ") && v.contains(" start ")),
+        "the card shows the versions that served:\n{later}"
+    );
 
     let shot = repo_root().join(SCREENSHOT);
     let _ = std::fs::remove_file(&shot);

@@ -16,6 +16,12 @@ struct Faults {
     field: String,
     /// Slept once per batch: config `sleep_ms`, default 0.
     sleep: Duration,
+    /// Whether records carry `plugin_version`: config `stamp`, default `true`.
+    /// Off, two builds give the same output unless a message asks otherwise.
+    stamp: bool,
+    /// A build whose version is this one fails every message (`retry`):
+    /// config `fail_version`, default none. A bad new version on demand.
+    fail_version: Option<String>,
 }
 
 impl Processor for Faults {
@@ -28,7 +34,14 @@ impl Processor for Faults {
         }
         let field = config.get_or("field", "action").to_owned();
         let sleep = Duration::from_millis(config.parse_or("sleep_ms", 0)?);
-        Ok(Faults { field, sleep })
+        let stamp = config.get("stamp") != Some("false");
+        let fail_version = config.get("fail_version").map(str::to_owned);
+        Ok(Faults {
+            field,
+            sleep,
+            stamp,
+            fail_version,
+        })
     }
 
     fn process_batch(&mut self, batch: Vec<Message>) -> Vec<Outcome> {
@@ -39,8 +52,20 @@ impl Processor for Faults {
     }
 
     fn process(&mut self, msg: Message) -> Result<Vec<Record>, Failure> {
-        let action = msg.get_str(&self.field).unwrap_or("ok").to_owned();
-        let record = msg.into_record().set("plugin_version", VERSION);
+        if self.fail_version.as_deref() == Some(VERSION) {
+            return Err(Failure::retry(format!(
+                "asked to fail as version {VERSION}"
+            )));
+        }
+        let mut action = msg.get_str(&self.field).unwrap_or("ok").to_owned();
+        // `changed:<action>`: `ok` in version 1, `<action>` in any other.
+        if let Some(changed) = action.strip_prefix("changed:") {
+            action = if VERSION == "1" { "ok" } else { changed }.to_owned();
+        }
+        let mut record = msg.into_record();
+        if self.stamp {
+            record = record.set("plugin_version", VERSION);
+        }
         match action.as_str() {
             "ok" => Ok(vec![record]),
             "fail" => Err(Failure::retry("asked to fail")),

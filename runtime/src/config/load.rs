@@ -1,7 +1,8 @@
 //! Parse and validate pipeline files; errors that point at the line.
 
 use super::{
-    Pipeline, PipelineFile, ProcessorConfig, SinkConfig, SinkType, SourceConfig, SourceType,
+    Pipeline, PipelineFile, ProcessorConfig, Rollout, SinkConfig, SinkType, SourceConfig,
+    SourceType,
 };
 use std::collections::HashSet;
 use std::fmt;
@@ -471,6 +472,37 @@ fn validate_processor(
     }
     if p.fuel == Some(0) {
         errors.add(&key("fuel"), "0; valid: 1 or more (or leave it out)");
+    }
+    match (p.rollout, p.canary_percent) {
+        (Rollout::Canary, None) => errors.add(
+            &key("rollout"),
+            "\"canary\" needs `canary_percent` (0 to 100): the share of messages the new version serves",
+        ),
+        (Rollout::Canary, Some(pct)) if !(0.0..=100.0).contains(&pct) => errors.add(
+            &key("canary_percent"),
+            format!("{pct}; valid: 0 to 100"),
+        ),
+        (Rollout::Canary, Some(_)) => {}
+        (_, Some(_)) => errors.add(
+            &key("canary_percent"),
+            "only for rollout = \"canary\"",
+        ),
+        (_, None) => {}
+    }
+    if p.canary_key.is_some() && p.rollout != Rollout::Canary {
+        errors.add(&key("canary_key"), "only for rollout = \"canary\"");
+    }
+    if !(0.0..=1.0).contains(&p.rollback_margin) {
+        errors.add(
+            &key("rollback_margin"),
+            format!(
+                "{}; valid: 0 to 1 (a difference of failure rates)",
+                p.rollback_margin
+            ),
+        );
+    }
+    if p.rollback_window == 0 {
+        errors.add(&key("rollback_window"), "0 messages; valid: 1 or more");
     }
     if p.memory_mb == 0 || p.memory_mb > 4096 {
         errors.add(

@@ -147,6 +147,29 @@ pub struct ProcessorConfig {
     /// clocks and random numbers. Default: nothing.
     #[serde(default)]
     pub grants: Grants,
+    /// What happens when the plugin file changes while running: swap it in
+    /// (default), run it beside the serving one (shadow), or serve a share
+    /// of messages with it (canary).
+    #[serde(default)]
+    pub rollout: Rollout,
+    /// Canary only (required there): the share of messages, 0 to 100, the
+    /// new version serves.
+    pub canary_percent: Option<f64>,
+    /// Canary only: the field whose value picks the version, so one key
+    /// always meets the same one. Default: the entry id.
+    pub canary_key: Option<String>,
+    /// Shadow and canary: how far (0 to 1) the new version's failure rate
+    /// may exceed the serving one's before it is rolled back. Default 0.05.
+    #[serde(default = "defaults::rollback_margin")]
+    pub rollback_margin: f64,
+    /// Shadow and canary: how many of each version's most recent messages
+    /// the failure rates are taken over. Default 100.
+    #[serde(default = "defaults::rollback_window")]
+    pub rollback_window: u32,
+    /// Shadow and canary: promote the new version once it has run this
+    /// long without being rolled back. Default 0: only by hand.
+    #[serde(default)]
+    pub promote_after_ms: u64,
 }
 
 /// `[processor.grants]`: files and environment a plugin may read. Nothing
@@ -163,6 +186,20 @@ pub struct Grants {
     /// values (a variable the runtime does not have is left out).
     #[serde(default)]
     pub env: Vec<String>,
+}
+
+/// How a new version of a plugin file reaches traffic.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Rollout {
+    /// Replaces the serving version between batches.
+    #[default]
+    Swap,
+    /// Runs on the same batches as the serving version; its output is
+    /// compared and discarded.
+    Shadow,
+    /// Serves `canary_percent` of the messages.
+    Canary,
 }
 
 /// Kinds of sink.
@@ -295,6 +332,12 @@ mod defaults {
     }
     pub fn memory_mb() -> u32 {
         64
+    }
+    pub fn rollback_margin() -> f64 {
+        0.05
+    }
+    pub fn rollback_window() -> u32 {
+        100
     }
 }
 

@@ -68,7 +68,8 @@ pub async fn build(pipeline: Pipeline, ctx: &Context) -> Result<Built> {
     let client = conn::client(&url)?;
     let name: Arc<str> = pipeline.name.as_str().into();
     let mut stages = Vec::new();
-    for p in &pipeline.processors {
+    for (i, p) in pipeline.processors.iter().enumerate() {
+        let policy = crate::plugin::rollout::Policy::from_config(p);
         let settings = StageSettings {
             pipeline: name.clone(),
             timeout: Duration::from_millis(p.timeout_ms),
@@ -89,7 +90,7 @@ pub async fn build(pipeline: Pipeline, ctx: &Context) -> Result<Built> {
         let stage = tokio::task::spawn_blocking(move || -> Result<Stage> {
             let plugin = engine.load(&path)?;
             Stage::check_init(&plugin, &settings).map_err(anyhow::Error::msg)?;
-            Ok(Stage::new(plugin, settings))
+            Ok(Stage::new(plugin, settings).with_rollout(policy, i + 1))
         })
         .await?
         .with_context(|| format!("plugin {}", p.plugin.display()))?;

@@ -3,13 +3,19 @@
 
 use super::bindings::sluice::processor::types as wit;
 use super::host::Host;
+use super::rollout::{
+    How, Judgement, MIN_SAMPLES, Policy, SHADOW_MAXLEN, SHADOW_SAMPLES_PER_BATCH, Served, Window,
+    judge,
+};
 use super::{EPOCH_TICK, Plugin, bindings};
+use crate::config::Rollout;
 use crate::message::{Failure, FailureClass, FailureKind, Message, Outcome, Record, escape};
-use arc_swap::ArcSwap;
+use crate::plugin_diff::Verdict;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use sluice_sdk::wire::{self, Malformed, Reader, Writer};
 use std::borrow::Cow;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use wasmtime::component::{Func, TypedFunc};
 use wasmtime::{Store, Trap};
 
@@ -32,6 +38,22 @@ pub struct StageSettings {
     pub fuel: Option<u64>,
 }
 
+impl StageSettings {
+    /// Settings for running a plugin outside a pipeline (`plugin test`,
+    /// `diff`, `bench`): generous limits, no Redis, no grants.
+    pub fn offline(pipeline: &str, config: Vec<(String, String)>) -> Self {
+        StageSettings {
+            pipeline: pipeline.into(),
+            timeout: Duration::from_secs(10),
+            memory_bytes: 256 << 20,
+            config,
+            kv: None,
+            grants: Default::default(),
+            fuel: None,
+        }
+    }
+}
+
 /// A plugin and the settings its instances run with: what a consumer
 /// instantiates. Replaced whole, so a consumer sees either the old pair or
 /// the new one.
@@ -44,16 +66,71 @@ pub struct Version {
 
 /// One processor of a pipeline, shared by its consumers. The version can be
 /// replaced while consumers run: each consumer notices between batches and
-/// instantiates the new one, so in-flight batches finish on the old.
+/// instantiates the new one, so in-flight batches finish on the old. Under
+/// `rollout = "shadow"` or `"canary"` a changed file becomes a candidate
+/// beside the serving version instead (see [`rollout`]).
 pub struct Stage {
     current: ArcSwap<Version>,
+    /// The version on trial, if any (shadow or canary).
+    candidate: ArcSwapOption<Version>,
+    policy: Policy,
+    /// 1-based position in the pipeline: a label for logs and metrics.
+    number: usize,
+    trial: Mutex<Trial>,
+    /// Where shadow mismatches are sampled to, opened on first use.
+    shadow_out: Mutex<Option<redis::Connection>>,
+}
+
+/// What a stage remembers about its versions.
+#[derive(Default)]
+struct Trial {
+    /// The version that served before the current one: `rollback` returns to it.
+    previous: Option<Arc<Version>>,
+    /// A content hash rolled back: not rolled out again until the file
+    /// holds something else.
+    refused: Option<String>,
+    /// Recent outcomes of the serving version and of the candidate.
+    serving: Window,
+    candidate: Window,
+    /// When the candidate arrived.
+    since: Option<Instant>,
+    history: Vec<Served>,
+}
+
+/// What [`Stage::offer`] did with a new version.
+pub enum Offered {
+    /// It serves now (swap); the version it replaced.
+    Swapped(Arc<Version>),
+    /// It runs beside the serving version (shadow or canary).
+    OnTrial,
+    /// It was rolled back before and the file has not changed since.
+    Refused,
 }
 
 impl Stage {
-    /// A stage running `plugin` with `settings`.
+    /// A stage running `plugin` with `settings`, swapping in new versions.
     pub fn new(plugin: Arc<Plugin>, settings: StageSettings) -> Self {
+        let trial = Trial {
+            history: vec![Served::now(plugin.hash(), How::Start)],
+            ..Trial::default()
+        };
         Stage {
             current: ArcSwap::from_pointee(Version { plugin, settings }),
+            candidate: ArcSwapOption::empty(),
+            policy: Policy::default(),
+            number: 1,
+            trial: Mutex::new(trial),
+            shadow_out: Mutex::new(None),
+        }
+    }
+
+    /// The same stage, as processor `number` (1-based) rolling out new
+    /// versions by `policy`.
+    pub fn with_rollout(self, policy: Policy, number: usize) -> Self {
+        Stage {
+            policy,
+            number,
+            ..self
         }
     }
 
@@ -62,9 +139,169 @@ impl Stage {
         self.current.load_full()
     }
 
+    /// The version on trial, if any.
+    pub fn candidate(&self) -> Option<Arc<Version>> {
+        self.candidate.load_full()
+    }
+
+    /// Its rollout policy.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
     /// Makes `next` the version for new batches; returns the one it replaces.
     pub fn swap(&self, next: Version) -> Arc<Version> {
         self.current.swap(Arc::new(next))
+    }
+
+    fn trial(&self) -> std::sync::MutexGuard<'_, Trial> {
+        self.trial.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new version of the plugin file, compiled and initialised: swapped
+    /// in, or put on trial, as the policy says.
+    pub fn offer(&self, next: Version) -> Offered {
+        let mut trial = self.trial();
+        let hash = next.plugin.hash().to_string();
+        if trial.refused.as_deref() == Some(hash.as_str()) {
+            return Offered::Refused;
+        }
+        trial.refused = None;
+        if self.policy.mode == Rollout::Swap {
+            let old = self.swap(next);
+            trial.previous = Some(old.clone());
+            trial.history.push(Served::now(&hash, How::FileChange));
+            return Offered::Swapped(old);
+        }
+        trial.serving = Window::default();
+        trial.candidate = Window::default();
+        trial.since = Some(Instant::now());
+        self.candidate.store(Some(Arc::new(next)));
+        Offered::OnTrial
+    }
+
+    /// Makes the candidate the serving version; returns its hash. Blocking
+    /// (records the versions in Redis for `sluice status`).
+    pub fn promote(&self, how: How) -> Result<String, String> {
+        let mut trial = self.trial();
+        let next = self
+            .candidate
+            .swap(None)
+            .ok_or_else(|| "no new version on trial to promote".to_string())?;
+        let hash = next.plugin.hash().to_string();
+        let old = self.current.swap(next.clone());
+        self.published(&old, &next);
+        trial.previous = Some(old);
+        trial.since = None;
+        trial.history.push(Served::now(&hash, how));
+        let (pipeline, stage) = self.labels();
+        tracing::info!(pipeline = %pipeline, stage, hash = %&hash[..12], how = ?how, "new plugin version promoted: it serves every message now");
+        metrics::counter!("sluice_plugin_promotions_total", "pipeline" => pipeline.clone(), "stage" => stage.to_string()).increment(1);
+        drop(trial);
+        super::rollout::publish(&pipeline);
+        Ok(hash)
+    }
+
+    /// Drops the candidate, or without one returns to the version that
+    /// served before; the version left is refused until the file changes.
+    /// Returns the hash that serves now. Blocking, like [`Stage::promote`].
+    pub fn rollback(&self, why: &str) -> Result<String, String> {
+        let mut trial = self.trial();
+        let (pipeline, stage) = self.labels();
+        let (left, serving) = if let Some(candidate) = self.candidate.swap(None) {
+            trial.since = None;
+            (candidate, self.current())
+        } else {
+            let previous = trial
+                .previous
+                .take()
+                .ok_or_else(|| "no previous version to return to".to_string())?;
+            let left = self.current.swap(previous.clone());
+            self.published(&left, &previous);
+            trial
+                .history
+                .push(Served::now(previous.plugin.hash(), How::Rollback));
+            (left, previous)
+        };
+        trial.refused = Some(left.plugin.hash().to_string());
+        tracing::warn!(
+            pipeline = %pipeline,
+            stage,
+            rolled_back = %left.plugin.short_hash(),
+            serving = %serving.plugin.short_hash(),
+            "plugin version rolled back: {why}; it is not rolled out again until the file changes"
+        );
+        metrics::counter!("sluice_plugin_rollbacks_total", "pipeline" => pipeline.clone(), "stage" => stage.to_string(), "reason" => if why == MANUAL { "manual" } else { "failure_rate" }).increment(1);
+        drop(trial);
+        super::rollout::publish(&pipeline);
+        Ok(serving.plugin.hash().to_string())
+    }
+
+    /// The dashboard's gauge moves from `old` to `new`.
+    fn published(&self, old: &Version, new: &Version) {
+        let pipeline = &new.settings.pipeline;
+        crate::http::plugin_info(pipeline, old.plugin.path(), old.plugin.short_hash(), false);
+        crate::http::plugin_info(pipeline, new.plugin.path(), new.plugin.short_hash(), true);
+    }
+
+    fn labels(&self) -> (String, usize) {
+        (self.current().settings.pipeline.to_string(), self.number)
+    }
+
+    /// Records which messages each version failed, and rolls the candidate
+    /// back or promotes it when the windows say so.
+    fn judge(&self, candidate: &Arc<Version>, serving: &[bool], tried: &[bool]) {
+        let verdict = {
+            let mut trial = self.trial();
+            // Another consumer may have promoted or rolled it back meanwhile.
+            if !self
+                .candidate
+                .load()
+                .as_ref()
+                .is_some_and(|c| Arc::ptr_eq(c, candidate))
+            {
+                return;
+            }
+            let cap = self.policy.window;
+            serving.iter().for_each(|f| trial.serving.push(*f, cap));
+            tried.iter().for_each(|f| trial.candidate.push(*f, cap));
+            match judge(&trial.serving, &trial.candidate, &self.policy) {
+                Judgement::RollBack(why) => Some(Err(why)),
+                Judgement::Keep => {
+                    let clean = self.policy.promote_after.is_some_and(|after| {
+                        trial.since.is_some_and(|s| s.elapsed() >= after)
+                            && trial.candidate.len() >= MIN_SAMPLES.min(cap)
+                    });
+                    clean.then_some(Ok(()))
+                }
+            }
+        };
+        match verdict {
+            Some(Err(why)) => drop(self.rollback(&why)),
+            Some(Ok(())) => drop(self.promote(How::PromoteAfter)),
+            None => {}
+        }
+    }
+
+    /// The stage as `/rollouts` shows it.
+    pub fn report(&self) -> serde_json::Value {
+        let trial = self.trial();
+        let current = self.current();
+        let candidate = self.candidate();
+        serde_json::json!({
+            "stage": self.number,
+            "plugin": current.plugin.path().display().to_string(),
+            "rollout": format!("{:?}", self.policy.mode).to_lowercase(),
+            "serving": current.plugin.hash(),
+            "candidate": candidate.as_ref().map(|c| c.plugin.hash().to_string()),
+            "previous": trial.previous.as_ref().map(|p| p.plugin.hash().to_string()),
+            "refused": trial.refused,
+            "failure_rate": {
+                "serving": trial.serving.rate(),
+                "candidate": (!trial.candidate.is_empty()).then(|| trial.candidate.rate()),
+            },
+            "history": trial.history,
+        })
     }
 
     /// Makes one instance and runs its `init`: proves the plugin and its
@@ -76,7 +313,92 @@ impl Stage {
         });
         Instance::new(version).map(drop).map_err(|f| f.reason)
     }
+
+    /// Compares the serving version's outcomes with the shadow's, counts
+    /// them, and samples mismatches to `<pipeline>:shadow`.
+    fn shadowed(
+        &self,
+        serving: &Arc<Version>,
+        shadow: &Arc<Version>,
+        msgs: &[Message],
+        served: &[Outcome],
+        shadowed: &[Outcome],
+    ) {
+        let pipeline = serving.settings.pipeline.to_string();
+        let stage = self.number.to_string();
+        let mut samples = Vec::new();
+        let (mut different, mut failing) = (0u64, 0u64);
+        for ((msg, a), b) in msgs.iter().zip(served).zip(shadowed) {
+            let (verdict, lines) = crate::plugin_diff::compare(a, b);
+            match verdict {
+                Verdict::Same => continue,
+                Verdict::Different => different += 1,
+                Verdict::Failing => failing += 1,
+            }
+            if samples.len() < SHADOW_SAMPLES_PER_BATCH {
+                samples.push((msg.id.clone(), lines.join("; ")));
+            }
+        }
+        let labels = [("pipeline", pipeline.clone()), ("stage", stage.clone())];
+        metrics::counter!("sluice_shadow_messages_total", &labels).increment(msgs.len() as u64);
+        metrics::counter!("sluice_shadow_mismatches_total", &labels).increment(different);
+        metrics::counter!("sluice_shadow_failures_total", &labels).increment(failing);
+        if !samples.is_empty() {
+            self.sample(&pipeline, serving, shadow, &samples);
+        }
+        let failed = |o: &[Outcome]| o.iter().map(Result::is_err).collect::<Vec<_>>();
+        self.judge(shadow, &failed(served), &failed(shadowed));
+    }
+
+    /// Best effort: a sample that cannot be written costs nothing but the sample.
+    fn sample(
+        &self,
+        pipeline: &str,
+        serving: &Version,
+        shadow: &Version,
+        samples: &[(String, String)],
+    ) {
+        let Some(client) = &serving.settings.kv else {
+            return;
+        };
+        let mut out = self.shadow_out.lock().unwrap_or_else(|e| e.into_inner());
+        if out.is_none() {
+            *out = client
+                .get_connection_with_timeout(Duration::from_secs(2))
+                .inspect_err(|e| tracing::debug!(pipeline, "cannot sample shadow mismatches: {e}"))
+                .ok();
+        }
+        let Some(conn) = out.as_mut() else { return };
+        let key = format!("{pipeline}:shadow");
+        let mut pipe = redis::pipe();
+        for (id, detail) in samples {
+            pipe.cmd("XADD")
+                .arg(&key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(SHADOW_MAXLEN)
+                .arg("*")
+                .arg("id")
+                .arg(id)
+                .arg("stage")
+                .arg(self.number)
+                .arg("serving")
+                .arg(serving.plugin.hash())
+                .arg("shadow")
+                .arg(shadow.plugin.hash())
+                .arg("detail")
+                .arg(detail)
+                .ignore();
+        }
+        if let Err(e) = pipe.query::<()>(conn) {
+            tracing::debug!(pipeline, "cannot sample shadow mismatches: {e}");
+            *out = None;
+        }
+    }
 }
+
+/// The reason [`Stage::rollback`] is given when an operator asks.
+pub const MANUAL: &str = "asked by an operator";
 
 /// A live instance: a store and the bindings into it. Dropped after a trap,
 /// since a component instance that trapped cannot be entered again.
@@ -205,13 +527,87 @@ fn classify(
     Failure::retry(FailureClass::Trap, format!("{during} trapped: {detail}"))
 }
 
-/// One consumer's view of a stage: the shared stage and this consumer's instance.
+/// One consumer's view of a stage: the shared stage and this consumer's
+/// instances of the serving version and of a candidate.
 struct Slot {
     stage: Arc<Stage>,
-    instance: Option<Instance>,
+    serving: Runner,
+    trial: Runner,
 }
 
 impl Slot {
+    /// Processes `msgs` at stage `self.stage` with the serving `version`,
+    /// and with `candidate` as the rollout policy says: beside it (shadow,
+    /// outcomes compared and discarded) or on its share of the messages
+    /// (canary).
+    fn run(
+        &mut self,
+        version: &Arc<Version>,
+        candidate: Option<&Arc<Version>>,
+        msgs: &[Message],
+    ) -> Vec<Outcome> {
+        let Some(candidate) = candidate else {
+            self.trial.instance = None;
+            return self.serving.call(version, msgs);
+        };
+        match self.stage.policy.mode {
+            Rollout::Swap => self.serving.call(version, msgs),
+            Rollout::Shadow => {
+                let served = self.serving.call(version, msgs);
+                let shadowed = self.trial.call(candidate, msgs);
+                self.stage
+                    .shadowed(version, candidate, msgs, &served, &shadowed);
+                served
+            }
+            Rollout::Canary => {
+                let policy = &self.stage.policy;
+                let canary: Vec<bool> = msgs
+                    .iter()
+                    .map(|m| policy.canary_serves(&m.id, &m.fields))
+                    .collect();
+                let pick = |want: bool| -> Vec<Message> {
+                    msgs.iter()
+                        .zip(&canary)
+                        .filter(|(_, c)| **c == want)
+                        .map(|(m, _)| m.clone())
+                        .collect()
+                };
+                let (old, new) = (pick(false), pick(true));
+                let mut old_out = self.serving.call(version, &old).into_iter();
+                let mut new_out = self.trial.call(candidate, &new).into_iter();
+                let pipeline = version.settings.pipeline.to_string();
+                let stage = self.stage.number.to_string();
+                metrics::counter!("sluice_canary_messages_total", "pipeline" => pipeline.clone(), "stage" => stage.clone(), "version" => "serving").increment(old.len() as u64);
+                metrics::counter!("sluice_canary_messages_total", "pipeline" => pipeline, "stage" => stage, "version" => "candidate").increment(new.len() as u64);
+                let (mut old_failed, mut new_failed) = (Vec::new(), Vec::new());
+                let outcomes: Vec<Outcome> = canary
+                    .iter()
+                    .map(|c| {
+                        let (out, failed) = if *c {
+                            (&mut new_out, &mut new_failed)
+                        } else {
+                            (&mut old_out, &mut old_failed)
+                        };
+                        let o = out.next().expect("one outcome per message");
+                        failed.push(o.is_err());
+                        o
+                    })
+                    .collect();
+                self.stage.judge(candidate, &old_failed, &new_failed);
+                outcomes
+            }
+        }
+    }
+}
+
+/// One instance slot of a consumer: made on first use, remade when the
+/// version it runs changes or after a trap.
+#[derive(Default)]
+struct Runner {
+    instance: Option<Instance>,
+}
+
+impl Runner {
     /// Processes `msgs` with `version` (pinned for the whole batch, so a swap
     /// never splits one), one outcome each. If the batch call traps, each
     /// message is tried alone so that only the culprit fails. A message the
@@ -351,7 +747,8 @@ impl Chain {
                 .iter()
                 .map(|s| Slot {
                     stage: s.clone(),
-                    instance: None,
+                    serving: Runner::default(),
+                    trial: Runner::default(),
                 })
                 .collect(),
         }
@@ -362,9 +759,9 @@ impl Chain {
     /// init fail before processing (`plugin test`) need not run it twice.
     pub fn warm(&mut self) -> Result<(), String> {
         for slot in &mut self.slots {
-            if slot.instance.is_none() {
+            if slot.serving.instance.is_none() {
                 let version = slot.stage.current();
-                slot.instance = Some(Instance::new(version).map_err(|f| f.reason)?);
+                slot.serving.instance = Some(Instance::new(version).map_err(|f| f.reason)?);
             }
         }
         Ok(())
@@ -391,10 +788,18 @@ impl Chain {
         // The first stage reads the batch as it is; later ones read records.
         let mut msgs: Cow<'_, [Message]> = Cow::Borrowed(batch);
         let versions: Vec<Arc<Version>> = self.slots.iter().map(|s| s.stage.current()).collect();
+        let candidates: Vec<Option<Arc<Version>>> =
+            self.slots.iter().map(|s| s.stage.candidate()).collect();
         let stages = self.slots.len();
-        for (k, (slot, version)) in self.slots.iter_mut().zip(&versions).enumerate() {
+        for (k, ((slot, version), candidate)) in self
+            .slots
+            .iter_mut()
+            .zip(&versions)
+            .zip(&candidates)
+            .enumerate()
+        {
             let started = std::time::Instant::now();
-            let results = slot.call(version, &msgs);
+            let results = slot.run(version, candidate.as_ref(), &msgs);
             // Per stage, so a chain shows which processor costs the time.
             metrics::histogram!(
                 "sluice_stage_seconds",

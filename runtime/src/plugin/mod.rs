@@ -6,6 +6,9 @@
 //!   SHA-256 of its bytes.
 //! - [`Chain`]: one per consumer; the pipeline's processors as warm
 //!   instances, called once per batch on a blocking thread.
+//! - [`Stage`]: one processor shared by a pipeline's consumers: the version
+//!   that serves and, under `rollout = "shadow"|"canary"`, a candidate
+//!   beside it ([`rollout`]: policy, rollback judgement, history).
 //!
 //! Plugins implement the `processor` world of `sdk/wit/sluice.wit`, as a
 //! component or as a plain core module that [`core_module`] wraps at load.
@@ -15,8 +18,9 @@ mod core_module;
 mod guest_log;
 mod host;
 mod memory_kv;
+pub mod rollout;
 
-pub use chain::{Chain, Stage, StageSettings, Version};
+pub use chain::{Chain, MANUAL, Offered, Stage, StageSettings, Version};
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
