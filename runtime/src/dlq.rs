@@ -5,10 +5,10 @@
 //! so a replay restores the message exactly as it was first written.
 
 use crate::ack::DEAD_LETTER_PREFIX;
+use crate::conn::Conn;
 use crate::message::{Field, Message, escape};
 use crate::source::stream::parse_range;
 use anyhow::{Context, Result};
-use redis::aio::MultiplexedConnection;
 use std::collections::HashMap;
 use std::io::Write;
 
@@ -22,7 +22,7 @@ const CHUNK: usize = 500;
 /// dead-letter stream and returns how many entries it holds. A missing key,
 /// another type, or entries without the `sluice.` fields are errors, so a
 /// mistyped name is not reported as "no dead letters".
-pub async fn check(conn: &mut MultiplexedConnection, stream: &str, url: &str) -> Result<usize> {
+pub async fn check(conn: &mut Conn, stream: &str, url: &str) -> Result<usize> {
     let kind: String = redis::cmd("TYPE").arg(stream).query_async(conn).await?;
     match kind.as_str() {
         "stream" => {}
@@ -48,7 +48,7 @@ pub async fn check(conn: &mut MultiplexedConnection, stream: &str, url: &str) ->
 
 /// Prints up to `count` dead letters of `stream`, oldest first.
 pub async fn list(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     stream: &str,
     count: usize,
     out: &mut impl Write,
@@ -88,7 +88,7 @@ pub async fn list(
 /// `ids` limits the replay to those entries; without, it replays the
 /// entries present when it starts.
 pub async fn replay(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     stream: &str,
     to: Option<&str>,
     ids: &[String],
@@ -229,7 +229,7 @@ impl std::fmt::Display for Kind {
 /// dead letters written before that field existed, a list if `target` is a
 /// list key and a stream otherwise (`key_types` caches TYPE per key).
 async fn source_kind(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     entry: &Message,
     target: &str,
     key_types: &mut HashMap<String, String>,
@@ -279,7 +279,7 @@ fn payload<'a>(entry: &Message, fields: &[&'a Field]) -> Result<&'a [u8]> {
 
 /// Removes every entry of the dead-letter stream (keeping the key and any
 /// consumer groups on it). Returns how many were removed.
-pub async fn purge(conn: &mut MultiplexedConnection, stream: &str) -> Result<usize> {
+pub async fn purge(conn: &mut Conn, stream: &str) -> Result<usize> {
     redis::cmd("XTRIM")
         .arg(stream)
         .arg("MAXLEN")
@@ -290,7 +290,7 @@ pub async fn purge(conn: &mut MultiplexedConnection, stream: &str) -> Result<usi
 }
 
 async fn range(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     stream: &str,
     from: &str,
     to: &str,

@@ -432,11 +432,11 @@ fn default_redis_url(flag: Option<String>) -> String {
     RedisChoice::resolve(flag).url
 }
 
-async fn connect(redis: Option<String>) -> Result<redis::aio::MultiplexedConnection> {
+async fn connect(redis: Option<String>) -> Result<sluice::conn::Conn> {
     let url = default_redis_url(redis);
     let client = sluice::conn::client(&url)?;
     client
-        .get_multiplexed_async_connection()
+        .connect()
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach Redis at {}: {e}", sluice::conn::redact(&url)))
 }

@@ -6,6 +6,8 @@
 //!
 //! - `bytes`: every byte value in names and values, empty ones and MiB-sized ones come out
 //!   byte for byte, or are dead-lettered with the reason where they cannot.
+//! - `cluster`: stream and list pipelines, dead letters, `status`/`pending`/`dlq` and a
+//!   master failover on a six-node Redis Cluster.
 //! - `cli`: the inspection commands (`validate`, `status`, `dlq`, `pending`) and their errors.
 //! - `delivery`: what reaches the sink and what is acked.
 //! - `sinks`: pubsub, list, file and stdout sinks, `id_field`, routing by `to` and `route = "all"`.
@@ -35,6 +37,7 @@ mod support;
 
 mod bytes;
 mod cli;
+mod cluster;
 mod delivery;
 mod dlq_replay;
 mod group_change;

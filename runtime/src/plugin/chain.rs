@@ -23,7 +23,7 @@ pub struct StageSettings {
     /// Handed to `init`.
     pub config: Vec<(String, String)>,
     /// Redis behind the `kv` import.
-    pub kv: Option<redis::Client>,
+    pub kv: Option<crate::conn::Client>,
 }
 
 /// A plugin and the settings its instances run with: what a consumer

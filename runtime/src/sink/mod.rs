@@ -28,8 +28,8 @@ pub use stdout::StdoutSink;
 pub use stream::StreamSink;
 
 use crate::config::{Pipeline, SinkConfig, SinkType};
+use crate::conn::Conn;
 use crate::message::Record;
-use redis::aio::ConnectionManager;
 
 /// A configured sink.
 pub enum Sink {
@@ -164,7 +164,7 @@ fn field<'a>(record: &'a Record, name: &str) -> Option<&'a [u8]> {
 /// `reply` judges each answer. A failure of the round trip itself (Redis
 /// unreachable) fails every record with the same error.
 async fn round_trip(
-    conn: &ConnectionManager,
+    conn: &Conn,
     key: &str,
     commands: Vec<Result<redis::Cmd, SinkError>>,
     reply: impl Fn(redis::RedisResult<redis::Value>) -> Result<(), SinkError>,
@@ -204,7 +204,7 @@ async fn round_trip(
 }
 
 /// Opens a reconnecting connection for a Redis sink.
-fn connect(url: &str) -> anyhow::Result<ConnectionManager> {
+fn connect(url: &str) -> anyhow::Result<Conn> {
     let client = crate::conn::client(url)?;
     Ok(crate::conn::manager(&client, crate::conn::COMMAND_TIMEOUT)?)
 }

@@ -6,8 +6,8 @@
 //! for its reader.
 
 use super::{SinkError, round_trip};
+use crate::conn::Conn;
 use crate::message::Record;
-use redis::aio::ConnectionManager;
 
 /// Where a record is published.
 pub enum Channel {
@@ -19,7 +19,7 @@ pub enum Channel {
 
 /// Publishes one field of each record.
 pub struct PubsubSink {
-    conn: ConnectionManager,
+    conn: Conn,
     channel: Channel,
     payload_field: String,
     /// Names the destination in errors and logs.

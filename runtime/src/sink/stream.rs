@@ -11,8 +11,8 @@
 //! only a retry or reclaimed work arrives out of order.
 
 use super::{SinkError, round_trip};
+use crate::conn::Conn;
 use crate::message::{Field, Record};
-use redis::aio::ConnectionManager;
 
 /// KEYS[1]: the stream. ARGV: id, maxlen ("" for none), then the fields.
 /// Returns the id written, or `PRESENT` when the stream already holds it;
@@ -42,7 +42,7 @@ return added
 
 /// Writes records to one stream.
 pub struct StreamSink {
-    conn: ConnectionManager,
+    conn: Conn,
     stream: String,
     maxlen: Option<u64>,
     id_field: Option<String>,

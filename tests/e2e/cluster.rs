@@ -1,0 +1,315 @@
+//! Redis Cluster: the same pipelines on a six-node cluster (three masters, three replicas)
+//! given as `redis+cluster://` seeds. Keys of one source sit on different masters; each
+//! command goes to the master of its slot, and a master that fails over mid-run is ridden
+//! through.
+
+use std::collections::BTreeSet;
+
+use tempfile::TempDir;
+
+use crate::support::cluster::RedisCluster;
+use crate::support::keys::{keys_matching, llen, lpush_many};
+use crate::support::streams::{
+    create_group, pending_ids, pending_if_group, read_as, xadd_many, xlen, xrange_all,
+};
+use crate::support::{Pipeline, Sluice, plugin};
+
+/// Few enough for a debug build on two cores; enough for many batches.
+const MESSAGES: usize = 3_000;
+
+fn cache() -> TempDir {
+    tempfile::tempdir().expect("create a temp dir for the plugin cache")
+}
+
+/// Stream `in` (group `g`) → uppercase → stream `out` on `url`.
+fn stream_pipeline(url: &str, source: &str) -> Pipeline {
+    Pipeline::write(
+        "cluster",
+        &format!(
+            r#"[redis]
+url = "{url}"
+
+[source]
+type = "stream"
+stream = "orders"
+group = "g"
+start = "0"
+block_ms = 100
+{source}
+
+[[processor]]
+plugin = '{plugin}'
+[processor.config]
+field = "payload"
+
+[[sink]]
+type = "stream"
+stream = "orders:out"
+"#,
+            plugin = plugin("uppercase").display()
+        ),
+    )
+}
+
+/// The `i` fields of `entries`, as a set, checking each appears once.
+fn indexes(entries: &[crate::support::streams::Entry]) -> BTreeSet<usize> {
+    let mut seen = BTreeSet::new();
+    for e in entries {
+        let i: usize = e.get("i").parse().expect("a numeric i");
+        assert!(seen.insert(i), "message {i} written twice");
+        assert_eq!(e.get("payload"), format!("MESSAGE {i}"));
+    }
+    seen
+}
+
+#[test]
+fn a_stream_pipeline_on_a_cluster_delivers_every_message() {
+    let cluster = RedisCluster::new();
+    let mut con = cluster.conn();
+    // Source and sink on different masters: nothing assumes one node.
+    assert_ne!(cluster.master_of("orders"), cluster.master_of("orders:out"));
+    xadd_many(&mut cluster.conn_for("orders"), "orders", MESSAGES, |i| {
+        vec![("i", i.to_string()), ("payload", format!("message {i}"))]
+    });
+    let pipeline = stream_pipeline(&cluster.url(), "consumers = 2");
+    let cache = cache();
+    let mut sluice = Sluice::run_cached(pipeline.path(), cache.path());
+    sluice.wait_for(
+        "every message written and acked (seen: (out, pending))",
+        |_| {
+            (
+                xlen(&mut con, "orders:out"),
+                pending_if_group(&mut con, "orders", "g"),
+            )
+        },
+        |seen| *seen == (MESSAGES, Some(0)),
+    );
+    sluice.shutdown();
+    assert_eq!(
+        indexes(&xrange_all(&mut con, "orders:out")),
+        (0..MESSAGES).collect()
+    );
+}
+
+#[test]
+fn a_list_pipeline_on_a_cluster_delivers_and_dead_letters() {
+    let cluster = RedisCluster::new();
+    let mut con = cluster.conn();
+    let items: Vec<String> = (0..500)
+        .map(|i| {
+            if i % 50 == 7 {
+                "poison".into()
+            } else {
+                "ok".into()
+            }
+        })
+        .collect();
+    lpush_many(&mut cluster.conn_for("jobs"), "jobs", &items);
+    let pipeline = Pipeline::write(
+        "jobs",
+        &format!(
+            r#"[redis]
+url = "{url}"
+
+[source]
+type = "list"
+list = "jobs"
+block_ms = 100
+
+[[processor]]
+plugin = '{plugin}'
+[processor.config]
+field = "payload"
+
+[[sink]]
+type = "stream"
+stream = "jobs:out"
+"#,
+            url = cluster.url(),
+            plugin = plugin("faults").display()
+        ),
+    );
+    let cache = cache();
+    let mut sluice = Sluice::run_cached(pipeline.path(), cache.path());
+    sluice.wait_for(
+        "ok items written, poison dead-lettered, queue empty (seen: (out, dead, queue))",
+        |_| {
+            (
+                xlen(&mut con, "jobs:out"),
+                xlen(&mut con, "jobs:dead"),
+                llen(&mut con, "jobs"),
+            )
+        },
+        |seen| *seen == (490, 10, 0),
+    );
+    sluice.shutdown();
+    // The processing lists share the queue's slot, so its master holds them all.
+    let mut master = cluster.node_conn(cluster.master_of("jobs"));
+    for list in keys_matching(&mut master, "{jobs}:processing:*") {
+        assert_eq!(llen(&mut master, &list), 0, "{list} left holding items");
+    }
+    let dead = xrange_all(&mut con, "jobs:dead");
+    assert!(
+        dead.iter()
+            .all(|e| e.get("sluice.error") == "asked to dead-letter"),
+        "{dead:?}"
+    );
+}
+
+#[test]
+fn status_pending_and_dlq_work_against_a_cluster() {
+    let cluster = RedisCluster::new();
+    let mut con = cluster.conn();
+    xadd_many(&mut cluster.conn_for("orders"), "orders", 20, |i| {
+        let payload = if i % 10 == 3 { "poison" } else { "ok" };
+        vec![("i", i.to_string()), ("payload", payload.to_string())]
+    });
+    let pipeline = Pipeline::write(
+        "cluster",
+        &format!(
+            r#"[redis]
+url = "{url}"
+
+[source]
+type = "stream"
+stream = "orders"
+group = "g"
+start = "0"
+block_ms = 100
+
+[[processor]]
+plugin = '{plugin}'
+[processor.config]
+field = "payload"
+
+[[sink]]
+type = "stream"
+stream = "orders:out"
+"#,
+            url = cluster.url(),
+            plugin = plugin("faults").display()
+        ),
+    );
+    let cache = cache();
+    let mut sluice = Sluice::run_cached(pipeline.path(), cache.path());
+    sluice.wait_for(
+        "18 written, 2 dead letters (seen: (out, dead))",
+        |_| (xlen(&mut con, "orders:out"), xlen(&mut con, "orders:dead")),
+        |seen| *seen == (18, 2),
+    );
+    sluice.shutdown();
+    let url = cluster.url();
+
+    let status = Sluice::exec(["status", "--redis", &url, "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(&status.stdout()).expect("status JSON");
+    let text = rows.to_string();
+    assert!(
+        text.contains("\"orders\""),
+        "status lists stream orders: {text}"
+    );
+
+    // A consumer of another group that read one entry and died.
+    create_group(&mut con, "orders", "other", "0");
+    read_as(&mut con, "orders", "other", "ghost", 1);
+    let held = pending_ids(&mut con, "orders", "other");
+    assert_eq!(held.len(), 1);
+    let pending = Sluice::exec(["pending", "orders", "other", "--redis", &url]).stdout();
+    assert!(
+        pending.contains(&held[0]) && pending.contains("ghost"),
+        "{pending}"
+    );
+
+    let dlq = Sluice::exec(["dlq", "list", "orders:dead", "--redis", &url]);
+    let listed = dlq.stdout();
+    assert_eq!(
+        listed.matches("asked to dead-letter").count(),
+        2,
+        "{listed}"
+    );
+}
+
+#[test]
+fn a_failover_of_the_source_master_loses_nothing() {
+    let cluster = RedisCluster::new();
+    let mut con = cluster.conn();
+    xadd_many(&mut cluster.conn_for("orders"), "orders", MESSAGES, |i| {
+        vec![("i", i.to_string()), ("action", "ok".to_string())]
+    });
+    // Slowed down (20 ms a batch of 20: about three seconds in all) so the failover lands
+    // mid-run.
+    let pipeline = Pipeline::write(
+        "cluster",
+        &format!(
+            r#"[redis]
+url = "{url}"
+
+[source]
+type = "stream"
+stream = "orders"
+group = "g"
+start = "0"
+block_ms = 100
+batch = 20
+
+[[processor]]
+plugin = '{plugin}'
+[processor.config]
+sleep_ms = "20"
+
+[[sink]]
+type = "stream"
+stream = "orders:out"
+"#,
+            url = cluster.url(),
+            plugin = plugin("faults").display()
+        ),
+    );
+    let cache = cache();
+    let mut sluice = Sluice::run_cached(pipeline.path(), cache.path());
+    sluice.wait_for(
+        "some output before the failover",
+        |_| xlen(&mut con, "orders:out"),
+        |n| *n > 0,
+    );
+    let master = cluster.master_of("orders");
+    let replica = cluster.replica_of(master);
+    cluster.failover(replica);
+    let during = xlen(&mut con, "orders:out");
+    assert!(
+        during < MESSAGES,
+        "the failover came after the work: {during}"
+    );
+    sluice.wait_for(
+        "every message written and acked after the failover (seen: (out, pending))",
+        |_| {
+            (
+                xlen(&mut con, "orders:out"),
+                pending_if_group(&mut con, "orders", "g"),
+            )
+        },
+        |seen| seen.0 >= MESSAGES && seen.1 == Some(0),
+    );
+    assert_eq!(
+        cluster.master_of("orders"),
+        replica,
+        "the replica serves the stream"
+    );
+    let out = xrange_all(&mut con, "orders:out");
+    let seen: BTreeSet<usize> = out.iter().map(|e| e.get("i").parse().unwrap()).collect();
+    assert_eq!(seen, (0..MESSAGES).collect(), "every message delivered");
+    // One line for the failover, none per connection or per retry.
+    let lines = sluice.wait_for_log(&["Redis Cluster masters changed"], 1);
+    sluice.shutdown();
+    let log = sluice.log();
+    assert_eq!(
+        crate::support::logs::lines_with_all(&log, &["Redis Cluster masters changed"]).len(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("cluster client recovery"), "{log}");
+    assert!(
+        lines[0].contains(&format!("127.0.0.1:{replica}")),
+        "{}",
+        lines[0]
+    );
+}
