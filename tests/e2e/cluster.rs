@@ -313,3 +313,128 @@ stream = "orders:out"
         lines[0]
     );
 }
+
+/// `sluice validate` on `toml`: (exit code, stdout, stderr).
+fn validate(toml: &str) -> (Option<i32>, String, String) {
+    let pipeline = Pipeline::write("cluster", toml);
+    let mut run = Sluice::spawn([
+        std::ffi::OsStr::new("validate"),
+        pipeline.path().as_os_str(),
+    ]);
+    let status = run.wait_exit(crate::support::PATIENCE);
+    (status.code(), run.stdout(), run.log())
+}
+
+/// An atomic stream pipeline on `url`, reading `source`, writing `sink`, dead letters in
+/// `dead` (the faults plugin: `poison` payloads are dead-lettered).
+fn atomic_pipeline(url: &str, source: &str, sink: &str, dead: &str) -> String {
+    format!(
+        r#"atomic = true
+
+[redis]
+url = "{url}"
+
+[source]
+type = "stream"
+stream = "{source}"
+group = "g"
+start = "0"
+block_ms = 100
+dead_letter = "{dead}"
+
+[[processor]]
+plugin = '{plugin}'
+[processor.config]
+field = "payload"
+
+[[sink]]
+type = "stream"
+stream = "{sink}"
+"#,
+        plugin = plugin("faults").display()
+    )
+}
+
+#[test]
+fn validate_names_the_keys_an_atomic_pipeline_spreads_over_slots_and_the_tag() {
+    let url = "redis+cluster://127.0.0.1:7000,127.0.0.1:7001";
+    let (code, stdout, stderr) =
+        validate(&atomic_pipeline(url, "orders", "orders:out", "orders:dead"));
+    assert_eq!(code, Some(1), "stdout: {stdout}\nstderr: {stderr}");
+    for want in [
+        "`orders` (slot 105)",
+        "`orders:out` (slot 16221)",
+        "`{orders}:out`",
+        "`{orders}:dead`",
+        "one hash tag",
+    ] {
+        assert!(stderr.contains(want), "missing {want}: {stderr}");
+    }
+    assert!(!stdout.contains("ok:"), "{stdout}");
+
+    let (code, stdout, stderr) = validate(&atomic_pipeline(
+        url,
+        "{orders}",
+        "{orders}:out",
+        "{orders}:dead",
+    ));
+    assert_eq!(code, Some(0), "tagged keys pass: {stdout}{stderr}");
+
+    // The same untagged keys are fine on a single Redis.
+    let (code, _, stderr) = validate(&atomic_pipeline(
+        "redis://127.0.0.1:7000",
+        "orders",
+        "orders:out",
+        "orders:dead",
+    ));
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn validate_refuses_a_pubsub_source_on_a_cluster() {
+    let (code, _, stderr) = validate(
+        r#"[redis]
+url = "redis+cluster://127.0.0.1:7000"
+
+[source]
+type = "pubsub"
+channels = ["events"]
+
+[[sink]]
+type = "stdout"
+"#,
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("pub/sub sources are not supported on a Redis Cluster"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_atomic_pipeline_with_tagged_keys_commits_on_a_cluster() {
+    let cluster = RedisCluster::new();
+    let mut con = cluster.conn();
+    xadd_many(&mut cluster.conn_for("{orders}"), "{orders}", 200, |i| {
+        let payload = if i % 20 == 5 { "poison" } else { "ok" };
+        vec![("i", i.to_string()), ("payload", payload.to_string())]
+    });
+    let pipeline = Pipeline::write(
+        "cluster",
+        &atomic_pipeline(&cluster.url(), "{orders}", "{orders}:out", "{orders}:dead"),
+    );
+    let cache = cache();
+    let mut sluice = Sluice::run_cached(pipeline.path(), cache.path());
+    sluice.wait_for(
+        "output, dead letters and acks committed (seen: (out, dead, pending))",
+        |_| {
+            (
+                xlen(&mut con, "{orders}:out"),
+                xlen(&mut con, "{orders}:dead"),
+                pending_if_group(&mut con, "{orders}", "g"),
+            )
+        },
+        |seen| *seen == (190, 10, Some(0)),
+    );
+    sluice.shutdown();
+}

@@ -7,6 +7,7 @@
 //! type, unique sink names, plugin files that exist and compile). Every error
 //! is a [`ConfigError`] naming the file, line, key and what would be valid.
 
+pub mod cluster;
 mod load;
 
 pub use load::{ConfigError, load_file, load_str, pipeline_files};

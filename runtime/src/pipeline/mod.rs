@@ -68,6 +68,15 @@ struct Shared {
 pub async fn build(pipeline: Pipeline, ctx: &Context) -> Result<Built> {
     let url = redis_url(&pipeline, ctx);
     let client = conn::client(&url)?;
+    if client.is_cluster() {
+        let problems = crate::config::cluster::problems(&pipeline);
+        anyhow::ensure!(
+            problems.is_empty(),
+            "on the Redis Cluster {}: {}",
+            conn::redact(&url),
+            problems.join("; ")
+        );
+    }
     let name: Arc<str> = pipeline.name.as_str().into();
     let mut stages = Vec::new();
     for p in &pipeline.processors {
