@@ -36,7 +36,7 @@ pub enum Client {
     /// One server (`redis://`, `rediss://`, `unix://`).
     Single(redis::Client),
     /// A Redis Cluster (`redis+cluster://`, `rediss+cluster://`).
-    Cluster(ClusterClient),
+    Cluster(Box<ClusterClient>),
 }
 
 /// Opens a client for `url`, with the URL in the error.
@@ -47,7 +47,7 @@ pub fn client(url: &str) -> anyhow::Result<Client> {
             // a longer outage is the caller's to wait out.
             .retries(6)
             .build()
-            .map(Client::Cluster),
+            .map(|c| Client::Cluster(Box::new(c))),
         None => redis::Client::open(url).map(Client::Single),
     };
     opened.map_err(|e| anyhow::anyhow!("invalid Redis URL {}: {e}", redact(url)))
@@ -118,7 +118,9 @@ impl Client {
                 let config = ClusterConfig::new()
                     .set_connection_timeout(timeout)
                     .set_response_timeout(timeout);
-                Ok(BlockingConn::Cluster(c.get_connection_with_config(config)?))
+                Ok(BlockingConn::Cluster(Box::new(
+                    c.get_connection_with_config(config)?,
+                )))
             }
         }
     }
@@ -393,7 +395,7 @@ pub enum BlockingConn {
     /// One server.
     Single(redis::Connection),
     /// A cluster.
-    Cluster(redis::cluster::ClusterConnection),
+    Cluster(Box<redis::cluster::ClusterConnection>),
 }
 
 impl BlockingConn {
@@ -401,7 +403,7 @@ impl BlockingConn {
     pub fn query<T: redis::FromRedisValue>(&mut self, cmd: &Cmd) -> RedisResult<T> {
         match self {
             BlockingConn::Single(c) => cmd.query(c),
-            BlockingConn::Cluster(c) => cmd.query(c),
+            BlockingConn::Cluster(c) => cmd.query(c.as_mut()),
         }
     }
 }
