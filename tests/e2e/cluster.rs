@@ -438,3 +438,194 @@ fn an_atomic_pipeline_with_tagged_keys_commits_on_a_cluster() {
     );
     sluice.shutdown();
 }
+
+/// Partitioned family `orders` (`partitions` source partitions, group `g`) → faults (ok,
+/// passes records through) → family `orders:out` partitioned by field `key`.
+fn partitioned_pipeline(url: &str, partitions: u32, source: &str) -> Pipeline {
+    Pipeline::write(
+        "parts",
+        &format!(
+            r#"[redis]
+url = "{url}"
+
+[source]
+type = "stream"
+stream = "orders"
+partitions = {partitions}
+group = "g"
+start = "0"
+block_ms = 100
+{source}
+
+[[processor]]
+plugin = '{plugin}'
+
+[[sink]]
+type = "stream"
+stream = "orders:out"
+partitions = {partitions}
+partition_by = "key"
+"#,
+            plugin = plugin("faults").display()
+        ),
+    )
+}
+
+/// The partition of `n` that key `key` belongs to, as the README documents it: FNV-1a (64
+/// bit) of the key's bytes, mod `n`.
+fn fnv_partition(key: &str, n: u32) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % u64::from(n)) as u32
+}
+
+/// Loads `total` messages into family `orders` as a keyed producer does: message `i` has
+/// field `i` and `key` = `k<i % 97>`, and goes to its key's partition, through
+/// `conn_for(partition)`.
+fn load_partitions<C: redis::ConnectionLike>(
+    partitions: u32,
+    total: usize,
+    mut conn_for: impl FnMut(&str) -> C,
+) {
+    for p in 0..partitions {
+        let key = format!("orders:{{{p}}}");
+        let mine: Vec<usize> = (0..total)
+            .filter(|i| fnv_partition(&format!("k{}", i % 97), partitions) == p)
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        xadd_many(&mut conn_for(&key), &key, mine.len(), |n| {
+            let i = mine[n];
+            vec![("i", i.to_string()), ("key", format!("k{}", i % 97))]
+        });
+    }
+}
+
+/// (messages written to the output family, pending summed over the input family; None
+/// while a group is missing).
+fn partition_progress(
+    con: &mut impl redis::ConnectionLike,
+    partitions: u32,
+) -> (usize, Option<usize>) {
+    let mut out = 0;
+    let mut pending = Some(0);
+    for p in 0..partitions {
+        out += xlen(con, &format!("orders:out:{{{p}}}"));
+        pending = match (
+            pending,
+            pending_if_group(con, &format!("orders:{{{p}}}"), "g"),
+        ) {
+            (Some(a), Some(b)) => Some(a + b),
+            _ => None,
+        };
+    }
+    (out, pending)
+}
+
+/// Checks the output family: every message in `0..total`, each in its key's partition, and
+/// with `ordered`, each key's messages in input order, none twice.
+fn check_partitioned_output(
+    con: &mut impl redis::ConnectionLike,
+    partitions: u32,
+    total: usize,
+    ordered: bool,
+) {
+    let mut seen = BTreeSet::new();
+    for p in 0..partitions {
+        let mut last_of_key: std::collections::HashMap<String, usize> = Default::default();
+        for e in xrange_all(con, &format!("orders:out:{{{p}}}")) {
+            let i: usize = e.get("i").parse().unwrap();
+            let key = e.get("key").to_string();
+            assert_eq!(
+                fnv_partition(&key, partitions),
+                p,
+                "message {i} of {key} in partition {p}"
+            );
+            let first = seen.insert(i);
+            if ordered {
+                assert!(first, "message {i} written twice");
+                if let Some(prev) = last_of_key.insert(key.clone(), i) {
+                    assert!(prev < i, "key {key}: message {i} after {prev}");
+                }
+            }
+        }
+    }
+    assert_eq!(seen, (0..total).collect(), "every message delivered");
+}
+
+#[test]
+fn a_partitioned_family_is_read_and_written_by_partition_on_one_redis() {
+    const PARTITIONS: u32 = 4;
+    const TOTAL: usize = 2_000;
+    let redis = crate::support::RedisServer::new();
+    load_partitions(PARTITIONS, TOTAL, |_| redis.conn());
+    let pipeline = partitioned_pipeline(&redis.url(), PARTITIONS, "");
+    let cache = cache();
+    let mut sluice = Sluice::run_cached(pipeline.path(), cache.path());
+    let mut con = redis.conn();
+    sluice.wait_for(
+        "every message written and acked (seen: (out, pending))",
+        |_| partition_progress(&mut con, PARTITIONS),
+        |seen| *seen == (TOTAL, Some(0)),
+    );
+    sluice.shutdown();
+    check_partitioned_output(&mut con, PARTITIONS, TOTAL, true);
+}
+
+#[test]
+fn two_processes_share_a_16_partition_family_on_a_cluster_through_a_kill_9() {
+    const PARTITIONS: u32 = 16;
+    const TOTAL: usize = 50_000;
+    let cluster = RedisCluster::new();
+    load_partitions(PARTITIONS, TOTAL, |key| cluster.conn_for(key));
+    let pipeline = partitioned_pipeline(
+        &cluster.url(),
+        PARTITIONS,
+        "batch = 100\nclaim_idle_ms = 2000",
+    );
+    let (cache_a, cache_b) = (cache(), cache());
+    let mut a = Sluice::run_cached(pipeline.path(), cache_a.path());
+    let mut b = Sluice::run_cached(pipeline.path(), cache_b.path());
+    let mut con = cluster.conn();
+    b.wait_for(
+        "a fifth of the work done before the kill",
+        |_| partition_progress(&mut con, PARTITIONS).0,
+        |out| *out >= TOTAL / 5,
+    );
+    assert!(a.is_running(), "both processes ran");
+    let (pid_a, pid_b) = (a.pid(), b.pid());
+    a.kill9();
+    let at_kill = partition_progress(&mut con, PARTITIONS).0;
+    assert!(at_kill < TOTAL, "the kill came after the work: {at_kill}");
+    b.wait_for(
+        "every message written and acked by the survivor (seen: (out, pending))",
+        |_| partition_progress(&mut con, PARTITIONS),
+        |seen| seen.0 >= TOTAL && seen.1 == Some(0),
+    );
+    // Both processes read: consumer names hold the pid (`<host>-<pid>-<index>`); a process
+    // that stops removes its own, so look before the survivor stops.
+    let mut names = Vec::new();
+    for p in 0..PARTITIONS {
+        let consumers: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(format!("orders:{{{p}}}"))
+            .arg("g")
+            .query(&mut con)
+            .expect("XINFO CONSUMERS");
+        for c in consumers {
+            names.push(redis::from_redis_value::<String>(c["name"].clone()).unwrap());
+        }
+    }
+    for pid in [pid_a, pid_b] {
+        assert!(
+            names.iter().any(|n| n.contains(&format!("-{pid}-"))),
+            "no consumer of process {pid}: {names:?}"
+        );
+    }
+    b.shutdown();
+    check_partitioned_output(&mut con, PARTITIONS, TOTAL, false);
+}

@@ -54,12 +54,18 @@ impl Sink {
         let url = config.url.as_deref().unwrap_or(default_url);
         let payload_field = config.payload_field.as_deref().unwrap_or(DEFAULT_PAYLOAD);
         Ok(match config.kind {
-            SinkType::Stream => Sink::Stream(StreamSink::new(
-                url,
-                config.stream.as_deref().unwrap_or_default(),
-                config.maxlen,
-                config.id_field.as_deref(),
-            )?),
+            SinkType::Stream => {
+                let mut sink = StreamSink::new(
+                    url,
+                    config.stream.as_deref().unwrap_or_default(),
+                    config.maxlen,
+                    config.id_field.as_deref(),
+                )?;
+                if let (Some(n), Some(field)) = (config.partitions, &config.partition_by) {
+                    sink = sink.partitioned(n, field);
+                }
+                Sink::Stream(sink)
+            }
             SinkType::Pubsub => {
                 let channel = match (&config.channel, &config.channel_field) {
                     (_, Some(field)) => pubsub::Channel::Field(field.clone()),
