@@ -313,7 +313,8 @@ pub async fn watch_topology(client: Client, url: String, cancel: CancellationTok
     loop {
         if let Some(Conn::Cluster(c)) = conn.as_mut() {
             match masters(c).await {
-                Ok(now) => {
+                Ok(None) => {}
+                Ok(Some(now)) => {
                     if let Some(before) = known.as_ref()
                         && *before != now
                     {
@@ -340,16 +341,35 @@ pub async fn watch_topology(client: Client, url: String, cancel: CancellationTok
         .retain(|u| *u != url);
 }
 
-/// The masters serving slots, each as `host:port=first-last,...`, sorted.
-async fn masters(c: &mut ClusterConnection) -> RedisResult<Vec<String>> {
-    let mut masters: Vec<String> = cluster_nodes(c)
+/// The masters serving slots, each as `host:port=first-last,...`, sorted;
+/// None while some slots have no live master (a failover under way: the
+/// change is logged once it is done, the outage meanwhile by its callers).
+async fn masters(c: &mut ClusterConnection) -> RedisResult<Option<Vec<String>>> {
+    let live: Vec<NodeLine> = cluster_nodes(c)
         .await?
         .into_iter()
         .filter(|n| n.master && !n.ranges.is_empty())
+        .collect();
+    let covered: u32 = live
+        .iter()
+        .flat_map(|n| &n.ranges)
+        .map(|r| match r.split_once('-') {
+            Some((lo, hi)) => match (lo.parse::<u32>(), hi.parse::<u32>()) {
+                (Ok(lo), Ok(hi)) if hi >= lo => hi - lo + 1,
+                _ => 0,
+            },
+            None => u32::from(r.parse::<u16>().is_ok()),
+        })
+        .sum();
+    if covered != 16384 {
+        return Ok(None);
+    }
+    let mut masters: Vec<String> = live
+        .into_iter()
         .map(|n| format!("{}={}", n.addr, n.ranges.join(",")))
         .collect();
     masters.sort();
-    Ok(masters)
+    Ok(Some(masters))
 }
 
 /// One line of CLUSTER NODES.

@@ -75,6 +75,13 @@ impl RedisCluster {
         self.node_conn(self.master_of(key))
     }
 
+    /// A plain connection to the node on `port`, None if it does not answer.
+    pub fn try_node_conn(&self, port: u16) -> Option<redis::Connection> {
+        redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+            .ok()
+    }
+
     /// A plain connection to the node on `port`.
     pub fn node_conn(&self, port: u16) -> redis::Connection {
         redis::Client::open(format!("redis://127.0.0.1:{port}"))
@@ -87,12 +94,21 @@ impl RedisCluster {
         let slot: u16 = redis::cmd("CLUSTER")
             .arg("KEYSLOT")
             .arg(key)
-            .query(&mut self.node_conn(self.nodes[0].port))
+            .query(&mut self.node_conn(self.live_port()))
             .expect("CLUSTER KEYSLOT");
         let live = self.nodes.iter().filter(|n| n.child.is_some());
         live.map(|n| n.port)
             .find(|&port| self.owns(port, slot))
             .unwrap_or_else(|| panic!("no live master owns slot {slot} of {key}"))
+    }
+
+    /// The port of some node that has not been killed.
+    fn live_port(&self) -> u16 {
+        self.nodes
+            .iter()
+            .find(|n| n.child.is_some())
+            .map(|n| n.port)
+            .expect("a live node")
     }
 
     /// Whether the node on `port` serves `slot` as a master, by its own view (a replica's
