@@ -817,3 +817,65 @@ stream = "orders:out"
         "one line for the failover: {log}"
     );
 }
+
+#[test]
+fn a_record_without_its_partition_field_is_dead_lettered() {
+    let redis = crate::support::RedisServer::new();
+    let mut con = redis.conn();
+    xadd_many(&mut con, "in", 40, |i| {
+        let mut fields = vec![("i", i.to_string())];
+        if i % 10 != 3 {
+            fields.push(("key", format!("k{i}")));
+        }
+        fields
+    });
+    let pipeline = Pipeline::write(
+        "parts",
+        &format!(
+            r#"[redis]
+url = "{url}"
+
+[source]
+type = "stream"
+stream = "in"
+group = "g"
+start = "0"
+block_ms = 100
+
+[[processor]]
+plugin = '{plugin}'
+
+[[sink]]
+type = "stream"
+stream = "out"
+partitions = 4
+partition_by = "key"
+"#,
+            url = redis.url(),
+            plugin = plugin("faults").display()
+        ),
+    );
+    let cache = cache();
+    let mut sluice = Sluice::run_cached(pipeline.path(), cache.path());
+    sluice.wait_for(
+        "36 written over the partitions, 4 dead letters, none pending (seen: (out, dead, pending))",
+        |_| {
+            let out: usize = (0..4)
+                .map(|p| xlen(&mut con, &format!("out:{{{p}}}")))
+                .sum();
+            (
+                out,
+                xlen(&mut con, "in:dead"),
+                pending_if_group(&mut con, "in", "g"),
+            )
+        },
+        |seen| *seen == (36, 4, Some(0)),
+    );
+    sluice.shutdown();
+    for dead in xrange_all(&mut con, "in:dead") {
+        assert!(
+            dead.get("sluice.error").contains("no field `key`"),
+            "{dead:?}"
+        );
+    }
+}
