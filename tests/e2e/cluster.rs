@@ -879,3 +879,64 @@ partition_by = "key"
         );
     }
 }
+
+#[test]
+fn a_pubsub_sink_publishes_to_channels_in_different_slots_on_a_cluster() {
+    const N: usize = 200;
+    let cluster = RedisCluster::new();
+    // `a` and `b` hash to slots on different masters; PUBLISH reaches subscribers on any node.
+    let mut subscriber = cluster.node_conn(cluster.master_of("orders"));
+    let mut pubsub = subscriber.as_pubsub();
+    pubsub.subscribe(&["a", "b"]).expect("SUBSCRIBE");
+    pubsub
+        .set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .expect("read timeout");
+    xadd_many(&mut cluster.conn_for("orders"), "orders", N, |i| {
+        let channel = if i % 2 == 0 { "a" } else { "b" };
+        vec![("ch", channel.to_string()), ("payload", i.to_string())]
+    });
+    let pipeline = Pipeline::write(
+        "cluster",
+        &format!(
+            r#"[redis]
+url = "{url}"
+
+[source]
+type = "stream"
+stream = "orders"
+group = "g"
+start = "0"
+block_ms = 100
+
+[[processor]]
+plugin = '{plugin}'
+
+[[sink]]
+type = "pubsub"
+channel_field = "ch"
+"#,
+            url = cluster.url(),
+            plugin = plugin("faults").display()
+        ),
+    );
+    let cache = cache();
+    let mut sluice = Sluice::run_cached(pipeline.path(), cache.path());
+    let mut got: Vec<(String, usize)> = Vec::new();
+    let deadline = std::time::Instant::now() + crate::support::PATIENCE;
+    while got.len() < N && std::time::Instant::now() < deadline && sluice.is_running() {
+        if let Ok(msg) = pubsub.get_message() {
+            let payload: String = msg.get_payload().expect("a text payload");
+            got.push((msg.get_channel_name().to_string(), payload.parse().unwrap()));
+        }
+    }
+    assert_eq!(
+        got.len(),
+        N,
+        "every record published: {got:?}\n{}",
+        sluice.log()
+    );
+    for (channel, i) in &got {
+        assert_eq!(channel, if i % 2 == 0 { "a" } else { "b" });
+    }
+    sluice.shutdown();
+}
