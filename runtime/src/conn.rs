@@ -294,18 +294,26 @@ static WATCHED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new()
 /// once, until `cancel`. The cluster client rides through the change by
 /// itself (MOVED, slot refresh, retries) and its own per-connection lines
 /// are filtered out of the log ([`crate::logging`]); this is the one line
-/// an operator sees. Does nothing for a single server or a URL already
-/// watched.
+/// an operator sees. Does nothing for a single server; for a URL already
+/// watched, waits to take over.
 pub async fn watch_topology(client: Client, url: String, cancel: CancellationToken) {
     if !client.is_cluster() {
         return;
     }
-    {
-        let mut watched = WATCHED.lock().unwrap_or_else(|e| e.into_inner());
-        if watched.contains(&url) {
-            return;
+    // One watcher per URL; the others wait to take over when it stops
+    // (its pipeline removed or reloaded).
+    loop {
+        {
+            let mut watched = WATCHED.lock().unwrap_or_else(|e| e.into_inner());
+            if !watched.contains(&url) {
+                watched.push(url.clone());
+                break;
+            }
         }
-        watched.push(url.clone());
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(TOPOLOGY_POLL) => {}
+        }
     }
     let redis = redact(&url);
     let mut known: Option<Vec<String>> = None;
