@@ -130,10 +130,13 @@ pub async fn replay(
         };
         let Some(last) = entries.last() else { break };
         cursor = format!("({}", last.id);
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
+        // One pipeline per hash slot of the targets: on a cluster a pipeline
+        // keeps to one slot (on one server, dead letters of one source are
+        // one slot anyway).
+        let mut by_slot: std::collections::BTreeMap<u16, (redis::Pipeline, Vec<usize>)> =
+            Default::default();
         let mut sent = Vec::with_capacity(entries.len());
-        for entry in &entries {
+        for (index, entry) in entries.iter().enumerate() {
             let target = to
                 .map(str::to_string)
                 .unwrap_or_else(|| meta(entry, "stream"));
@@ -149,6 +152,14 @@ pub async fn replay(
                 entry.id
             );
             let kind = source_kind(conn, entry, &target, &mut key_types).await?;
+            let (pipe, indexes) = by_slot
+                .entry(crate::config::cluster::slot(target.as_bytes()))
+                .or_insert_with(|| {
+                    let mut pipe = redis::pipe();
+                    pipe.ignore_errors();
+                    (pipe, Vec::new())
+                });
+            indexes.push(index);
             match kind {
                 Kind::Stream => {
                     let cmd = pipe.cmd("XADD").arg(&target).arg("*");
@@ -167,7 +178,17 @@ pub async fn replay(
             }
             sent.push((kind, target));
         }
-        let results: Vec<redis::RedisResult<redis::Value>> = pipe.query_async(conn).await?;
+        let mut results: Vec<Option<redis::RedisResult<redis::Value>>> =
+            (0..entries.len()).map(|_| None).collect();
+        for (pipe, indexes) in by_slot.into_values() {
+            let answers: Vec<redis::RedisResult<redis::Value>> = pipe.query_async(conn).await?;
+            for (index, answer) in indexes.into_iter().zip(answers) {
+                results[index] = Some(answer);
+            }
+        }
+        let results = results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err((redis::ErrorKind::Client, "no reply").into())));
         let mut added = Vec::new();
         let mut failed = None;
         for ((entry, (kind, target)), result) in entries.iter().zip(&sent).zip(results) {

@@ -940,3 +940,34 @@ channel_field = "ch"
     }
     sluice.shutdown();
 }
+
+#[test]
+fn dlq_replay_sends_dead_letters_back_to_streams_in_different_slots() {
+    let cluster = RedisCluster::new();
+    // One dead-letter stream shared by two sources on different masters.
+    assert_ne!(cluster.master_of("orders"), cluster.master_of("jobs:out"));
+    xadd_many(&mut cluster.conn_for("dead"), "dead", 10, |i| {
+        let source = if i % 2 == 0 { "orders" } else { "jobs:out" };
+        vec![
+            ("sluice.stream", source.to_string()),
+            ("sluice.source_type", "stream".to_string()),
+            ("sluice.id", format!("{}-0", i + 1)),
+            ("sluice.error", "asked to dead-letter".to_string()),
+            ("i", i.to_string()),
+        ]
+    });
+    let url = cluster.url();
+    let replayed = Sluice::exec(["dlq", "replay", "dead", "--redis", &url]);
+    let mut con = cluster.conn();
+    assert_eq!(
+        (
+            xlen(&mut con, "orders"),
+            xlen(&mut con, "jobs:out"),
+            xlen(&mut con, "dead")
+        ),
+        (5, 5, 0),
+        "{}{}",
+        replayed.stdout(),
+        replayed.log()
+    );
+}
