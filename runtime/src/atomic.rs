@@ -11,8 +11,8 @@
 //!   skipped. This makes a resend after a lost reply, and a lease lost to a
 //!   slow batch, free of duplicates.
 
+use crate::conn::Conn;
 use crate::message::{Field, Record};
-use redis::aio::ConnectionManager;
 use std::collections::HashMap;
 
 /// KEYS[1]: source stream; KEYS[2..]: destination streams.
@@ -89,7 +89,7 @@ pub enum Committed {
 
 /// Runs the commit script. An error means nothing was written.
 pub async fn commit(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     stream: &str,
     group: &str,
     consumer: &str,

@@ -98,7 +98,7 @@ pub async fn of(
 pub async fn describe(g: &GroupRef) -> Result<Option<Backlog>> {
     let lookup = async {
         let client = crate::conn::client(&g.url)?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
+        let mut conn = client.connect().await?;
         Ok::<_, anyhow::Error>(of(&mut conn, &g.stream, &g.group).await?)
     };
     tokio::time::timeout(LOOKUP_TIMEOUT, lookup)
@@ -116,7 +116,7 @@ pub async fn check_new_groups(p: &Pipeline, default_url: &str) -> Result<Vec<Str
     for g in groups(p, default_url) {
         let check = async {
             let client = crate::conn::client(&g.url)?;
-            let mut conn = client.get_multiplexed_async_connection().await?;
+            let mut conn = client.connect().await?;
             let kind: String = redis::cmd("TYPE")
                 .arg(&g.stream)
                 .query_async(&mut conn)

@@ -5,10 +5,10 @@
 //! so a replay restores the message exactly as it was first written.
 
 use crate::ack::DEAD_LETTER_PREFIX;
+use crate::conn::Conn;
 use crate::message::{Field, Message, escape};
 use crate::source::stream::parse_range;
 use anyhow::{Context, Result};
-use redis::aio::MultiplexedConnection;
 use std::collections::HashMap;
 use std::io::Write;
 
@@ -22,7 +22,7 @@ const CHUNK: usize = 500;
 /// dead-letter stream and returns how many entries it holds. A missing key,
 /// another type, or entries without the `sluice.` fields are errors, so a
 /// mistyped name is not reported as "no dead letters".
-pub async fn check(conn: &mut MultiplexedConnection, stream: &str, url: &str) -> Result<usize> {
+pub async fn check(conn: &mut Conn, stream: &str, url: &str) -> Result<usize> {
     let kind: String = redis::cmd("TYPE").arg(stream).query_async(conn).await?;
     match kind.as_str() {
         "stream" => {}
@@ -48,7 +48,7 @@ pub async fn check(conn: &mut MultiplexedConnection, stream: &str, url: &str) ->
 
 /// Prints up to `count` dead letters of `stream`, oldest first.
 pub async fn list(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     stream: &str,
     count: usize,
     out: &mut impl Write,
@@ -88,7 +88,7 @@ pub async fn list(
 /// `ids` limits the replay to those entries; without, it replays the
 /// entries present when it starts.
 pub async fn replay(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     stream: &str,
     to: Option<&str>,
     ids: &[String],
@@ -130,10 +130,13 @@ pub async fn replay(
         };
         let Some(last) = entries.last() else { break };
         cursor = format!("({}", last.id);
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
+        // One pipeline per hash slot of the targets: on a cluster a pipeline
+        // keeps to one slot (on one server, dead letters of one source are
+        // one slot anyway).
+        let mut by_slot: std::collections::BTreeMap<u16, (redis::Pipeline, Vec<usize>)> =
+            Default::default();
         let mut sent = Vec::with_capacity(entries.len());
-        for entry in &entries {
+        for (index, entry) in entries.iter().enumerate() {
             let target = to
                 .map(str::to_string)
                 .unwrap_or_else(|| meta(entry, "stream"));
@@ -149,6 +152,14 @@ pub async fn replay(
                 entry.id
             );
             let kind = source_kind(conn, entry, &target, &mut key_types).await?;
+            let (pipe, indexes) = by_slot
+                .entry(crate::config::cluster::slot(target.as_bytes()))
+                .or_insert_with(|| {
+                    let mut pipe = redis::pipe();
+                    pipe.ignore_errors();
+                    (pipe, Vec::new())
+                });
+            indexes.push(index);
             match kind {
                 Kind::Stream => {
                     let cmd = pipe.cmd("XADD").arg(&target).arg("*");
@@ -167,7 +178,17 @@ pub async fn replay(
             }
             sent.push((kind, target));
         }
-        let results: Vec<redis::RedisResult<redis::Value>> = pipe.query_async(conn).await?;
+        let mut results: Vec<Option<redis::RedisResult<redis::Value>>> =
+            (0..entries.len()).map(|_| None).collect();
+        for (pipe, indexes) in by_slot.into_values() {
+            let answers: Vec<redis::RedisResult<redis::Value>> = pipe.query_async(conn).await?;
+            for (index, answer) in indexes.into_iter().zip(answers) {
+                results[index] = Some(answer);
+            }
+        }
+        let results = results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err((redis::ErrorKind::Client, "no reply").into())));
         let mut added = Vec::new();
         let mut failed = None;
         for ((entry, (kind, target)), result) in entries.iter().zip(&sent).zip(results) {
@@ -229,7 +250,7 @@ impl std::fmt::Display for Kind {
 /// dead letters written before that field existed, a list if `target` is a
 /// list key and a stream otherwise (`key_types` caches TYPE per key).
 async fn source_kind(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     entry: &Message,
     target: &str,
     key_types: &mut HashMap<String, String>,
@@ -279,7 +300,7 @@ fn payload<'a>(entry: &Message, fields: &[&'a Field]) -> Result<&'a [u8]> {
 
 /// Removes every entry of the dead-letter stream (keeping the key and any
 /// consumer groups on it). Returns how many were removed.
-pub async fn purge(conn: &mut MultiplexedConnection, stream: &str) -> Result<usize> {
+pub async fn purge(conn: &mut Conn, stream: &str) -> Result<usize> {
     redis::cmd("XTRIM")
         .arg(stream)
         .arg("MAXLEN")
@@ -290,7 +311,7 @@ pub async fn purge(conn: &mut MultiplexedConnection, stream: &str) -> Result<usi
 }
 
 async fn range(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     stream: &str,
     from: &str,
     to: &str,

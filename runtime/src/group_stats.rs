@@ -15,9 +15,9 @@
 //! retried on the next tick; the outage itself is reported by the pipeline.
 
 use crate::config::Pipeline;
+use crate::conn::Conn;
 use crate::message::stream_id_ms;
 use redis::Value;
-use redis::aio::MultiplexedConnection;
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
@@ -41,12 +41,12 @@ pub struct GroupStats {
 }
 
 /// Polls the groups of stream pipeline `p` until `cancel`.
-pub async fn poll(client: redis::Client, p: Pipeline, cancel: CancellationToken) {
-    let mut conn: Option<MultiplexedConnection> = None;
+pub async fn poll(client: crate::conn::Client, p: Pipeline, cancel: CancellationToken) {
+    let mut conn: Option<Conn> = None;
     loop {
         if conn.is_none() {
             conn = tokio::select! {
-                c = client.get_multiplexed_async_connection() => c.ok(),
+                c = client.connect() => c.ok(),
                 _ = cancel.cancelled() => return,
             };
         }
@@ -67,7 +67,7 @@ pub async fn poll(client: redis::Client, p: Pipeline, cancel: CancellationToken)
     }
 }
 
-async fn poll_once(conn: &mut MultiplexedConnection, p: &Pipeline) -> redis::RedisResult<()> {
+async fn poll_once(conn: &mut Conn, p: &Pipeline) -> redis::RedisResult<()> {
     let group = p.group();
     let mut dead_letters: Vec<String> = Vec::new();
     for stream in p.streams() {
@@ -107,7 +107,7 @@ async fn poll_once(conn: &mut MultiplexedConnection, p: &Pipeline) -> redis::Red
 /// XINFO GROUPS and the oldest XPENDING entry of `group` on `stream`; None
 /// if the stream or the group does not exist (yet).
 pub async fn group_stats(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     stream: &str,
     group: &str,
 ) -> redis::RedisResult<Option<GroupStats>> {

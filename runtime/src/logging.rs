@@ -34,9 +34,12 @@ pub enum LogFormat {
 
 /// Installs the process-wide logger, writing to stderr.
 pub fn init(format: LogFormat) {
+    // redis=error: the cluster client logs its recovery steps once per
+    // connection; the runtime logs one line per cluster change instead
+    // (conn::watch_topology).
     let filter = std::env::var("SLUICE_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into());
+        .unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn,redis=error".into());
     let filter = EnvFilter::new(filter);
     match format {
         LogFormat::Text => tracing_subscriber::fmt()

@@ -440,7 +440,24 @@ async fn validate(paths: Vec<PathBuf>, redis: Option<String>) -> Result<ExitCode
     let check_against = redis.clone().filter(|url| url != "embedded");
     let fallback = RedisChoice::resolve(redis);
     let mut on_fallback = 0;
+    let mut cluster_errors = 0;
     for p in &valid {
+        let url = p.redis_url.as_deref().unwrap_or(&fallback.url);
+        if sluice::conn::is_cluster_url(url) {
+            let problems = sluice::config::cluster::problems(p);
+            for problem in &problems {
+                eprintln!(
+                    "error: {} ({}): on the Redis Cluster {}: {problem}",
+                    p.file.display(),
+                    p.name,
+                    sluice::conn::redact(url)
+                );
+            }
+            if !problems.is_empty() {
+                cluster_errors += 1;
+                continue;
+            }
+        }
         println!("ok: {} ({})", p.file.display(), p.name);
         println!("    redis: {}", fallback.describe(p.redis_url.as_deref()));
         if p.redis_url.is_none() && fallback.is_fallback() {
@@ -472,7 +489,7 @@ async fn validate(paths: Vec<PathBuf>, redis: Option<String>) -> Result<ExitCode
     for e in &errors {
         eprintln!("error: {e}");
     }
-    Ok(if errors.is_empty() {
+    Ok(if errors.is_empty() && cluster_errors == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -526,11 +543,11 @@ fn default_redis_url(flag: Option<String>) -> String {
     RedisChoice::resolve(flag).url
 }
 
-async fn connect(redis: Option<String>) -> Result<redis::aio::MultiplexedConnection> {
+async fn connect(redis: Option<String>) -> Result<sluice::conn::Conn> {
     let url = default_redis_url(redis);
     let client = sluice::conn::client(&url)?;
     client
-        .get_multiplexed_async_connection()
+        .connect()
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach Redis at {}: {e}", sluice::conn::redact(&url)))
 }

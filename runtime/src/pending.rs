@@ -1,8 +1,8 @@
 //! `sluice pending`: inspect a group's pending entries, and ack or claim
 //! them by hand (for an operator untangling a stuck group).
 
+use crate::conn::Conn;
 use anyhow::Result;
-use redis::aio::MultiplexedConnection;
 use std::io::Write;
 
 /// One pending entry: id, the consumer holding it, idle ms, deliveries.
@@ -10,7 +10,7 @@ pub type Entry = (String, String, u64, u32);
 
 /// Pending entries of `group` on `stream` idle at least `older_than_ms`, oldest first.
 pub async fn list(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     stream: &str,
     group: &str,
     older_than_ms: u64,
@@ -34,7 +34,7 @@ pub async fn list(
 
 /// Says what is there instead of a group that is not: the stream's groups,
 /// or that the stream itself is missing.
-async fn no_group(conn: &mut MultiplexedConnection, stream: &str, group: &str) -> anyhow::Error {
+async fn no_group(conn: &mut Conn, stream: &str, group: &str) -> anyhow::Error {
     let groups: redis::RedisResult<Vec<std::collections::HashMap<String, redis::Value>>> =
         redis::cmd("XINFO")
             .arg("GROUPS")
@@ -85,12 +85,7 @@ pub fn print(entries: &[Entry], out: &mut impl Write) -> std::io::Result<()> {
 }
 
 /// Acks `entries` (they will not be delivered again). Returns how many were pending.
-pub async fn ack(
-    conn: &mut MultiplexedConnection,
-    stream: &str,
-    group: &str,
-    entries: &[Entry],
-) -> Result<i64> {
+pub async fn ack(conn: &mut Conn, stream: &str, group: &str, entries: &[Entry]) -> Result<i64> {
     let progress = crate::progress::Progress::new(entries.len() as u64, "acking");
     let mut acked = 0;
     for chunk in entries.chunks(CHUNK) {
@@ -113,7 +108,7 @@ const CHUNK: usize = 1000;
 /// Gives `entries` to `consumer` (e.g. a live one), if still idle at least
 /// `min_idle_ms`. Returns how many moved.
 pub async fn claim(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     stream: &str,
     group: &str,
     consumer: &str,

@@ -139,7 +139,7 @@ fn percent_encode(s: &str) -> String {
 pub async fn read_recent(url: &str, stream: &str, count: usize) -> Result<Vec<Message>> {
     let client = crate::conn::client(url)?;
     let mut conn = client
-        .get_multiplexed_async_connection()
+        .connect()
         .await
         .with_context(|| format!("cannot connect to {}", crate::conn::redact(url)))?;
     let entries: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XREVRANGE")

@@ -9,11 +9,11 @@
 //! from their pipeline files ([`collect_pipelines`]).
 
 use crate::config::{Pipeline, SourceType};
+use crate::conn::Conn;
 use crate::message::stream_id_ms;
 use crate::source::list::{Keys, glob_escape};
 use anyhow::Result;
 use redis::Value;
-use redis::aio::MultiplexedConnection;
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -59,7 +59,7 @@ const MANY_STREAMS: usize = 50;
 
 /// What a Redis shows by itself: every group on every stream, and the list
 /// queues sluice consumers hold.
-pub async fn collect(conn: &mut MultiplexedConnection) -> Result<Vec<Row>> {
+pub async fn collect(conn: &mut Conn) -> Result<Vec<Row>> {
     let streams = scan(conn, &["TYPE", "stream"]).await?;
     let mut out = Vec::new();
     // Only worth a bar when there are many (and never for a handful under --watch).
@@ -95,16 +95,13 @@ pub async fn collect_pipelines(pipelines: &[Pipeline], default_url: &str) -> Res
     for p in pipelines {
         let url = p.redis_url.as_deref().unwrap_or(default_url);
         let client = crate::conn::client(url)?;
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "pipeline `{}`: cannot reach Redis at {}: {e}",
-                    p.name,
-                    crate::conn::redact(url)
-                )
-            })?;
+        let mut conn = client.connect().await.map_err(|e| {
+            anyhow::anyhow!(
+                "pipeline `{}`: cannot reach Redis at {}: {e}",
+                p.name,
+                crate::conn::redact(url)
+            )
+        })?;
         let mut rows = match p.source.kind {
             SourceType::Stream => {
                 let mut rows = Vec::new();
@@ -146,27 +143,10 @@ pub async fn collect_pipelines(pipelines: &[Pipeline], default_url: &str) -> Res
     Ok(out)
 }
 
-/// Every key the SCAN `filter` (`TYPE t` or `MATCH p`) finds, sorted.
-async fn scan(conn: &mut MultiplexedConnection, filter: &[&str]) -> Result<Vec<String>> {
-    let mut keys: Vec<String> = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg(filter)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await?;
-        keys.extend(batch);
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    keys.sort();
-    keys.dedup();
-    Ok(keys)
+/// Every key the SCAN `filter` (`TYPE t` or `MATCH p`) finds, sorted; on
+/// a cluster, on every master.
+async fn scan(conn: &mut Conn, filter: &[&str]) -> Result<Vec<String>> {
+    Ok(conn.scan(filter, None).await?)
 }
 
 /// The queue a list consumer's key belongs to: `{jobs}:consumer:c` -> `jobs`
@@ -186,7 +166,7 @@ fn list_of(key: &str) -> Option<String> {
 /// The groups of `stream` (only `only`, if given), with `dead` as their
 /// dead-letter stream.
 async fn stream_groups(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     stream: &str,
     only: Option<&str>,
     dead: Option<&str>,
@@ -255,7 +235,7 @@ async fn stream_groups(
 }
 
 /// A list queue: items waiting, items held by consumers, live consumers.
-async fn list_queue(conn: &mut MultiplexedConnection, list: &str, dead: &str) -> Result<Row> {
+async fn list_queue(conn: &mut Conn, list: &str, dead: &str) -> Result<Row> {
     let keys = Keys::new(list);
     let waiting: i64 = redis::cmd("LLEN").arg(list).query_async(conn).await?;
     let held_prefix = keys.processing("");
@@ -284,7 +264,7 @@ async fn list_queue(conn: &mut MultiplexedConnection, list: &str, dead: &str) ->
 }
 
 /// A pub/sub pipeline: its channels and patterns, and how many listen.
-async fn pubsub(conn: &mut MultiplexedConnection, p: &Pipeline) -> Result<Row> {
+async fn pubsub(conn: &mut Conn, p: &Pipeline) -> Result<Row> {
     let channels = p.source.channels.clone().unwrap_or_default();
     let patterns = p.source.patterns.clone().unwrap_or_default();
     let mut subscribers = 0;
@@ -317,7 +297,7 @@ async fn pubsub(conn: &mut MultiplexedConnection, p: &Pipeline) -> Result<Row> {
 }
 
 /// XLEN of `stream`, None if it does not exist.
-async fn xlen(conn: &mut MultiplexedConnection, stream: &str) -> Result<Option<i64>> {
+async fn xlen(conn: &mut Conn, stream: &str) -> Result<Option<i64>> {
     let exists: bool = redis::cmd("EXISTS").arg(stream).query_async(conn).await?;
     Ok(if exists {
         Some(redis::cmd("XLEN").arg(stream).query_async(conn).await?)

@@ -6,6 +6,10 @@
 //!
 //! - `bytes`: every byte value in names and values, empty ones and MiB-sized ones come out
 //!   byte for byte, or are dead-lettered with the reason where they cannot.
+//! - `cluster`: stream and list pipelines, dead letters, `atomic`, the key-value store,
+//!   `status`/`pending`/`dlq`, `CLUSTER FAILOVER` and a killed master on a six-node Redis
+//!   Cluster; what `validate` refuses there; partitioned stream families on one Redis and on
+//!   a cluster with two processes, one killed mid-run.
 //! - `cli`: the inspection commands (`validate`, `status`, `dlq`, `pending`) and their errors.
 //! - `delivery`: what reaches the sink and what is acked.
 //! - `sinks`: pubsub, list, file and stdout sinks, `id_field`, routing by `to` and `route = "all"`.
@@ -38,6 +42,7 @@ mod support;
 
 mod bytes;
 mod cli;
+mod cluster;
 mod delivery;
 mod dlq_replay;
 mod group_change;

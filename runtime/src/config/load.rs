@@ -326,6 +326,20 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
 }
 
+/// Most partitions a stream family may have.
+const MAX_PARTITIONS: u32 = 1024;
+
+/// The keys of stream family `family` with `n` partitions: `family:{0}` ..
+/// `family:{n-1}`.
+pub fn partition_keys(family: &str, n: u32) -> Vec<String> {
+    (0..n).map(|i| partition_key(family, i)).collect()
+}
+
+/// Partition `i` of stream family `family`.
+pub fn partition_key(family: &str, i: u32) -> String {
+    format!("{family}:{{{i}}}")
+}
+
 fn validate_source(mut s: SourceConfig, name: &str, errors: &mut Errors) -> SourceConfig {
     let key = |k| [Seg::Key("source"), Seg::Key(k)];
     // Keys that belong to other source types, with the type they belong to.
@@ -339,6 +353,21 @@ fn validate_source(mut s: SourceConfig, name: &str, errors: &mut Errors) -> Sour
                     &key("stream"),
                     "a stream source needs `stream`, the key to read (e.g. stream = \"orders\"), or `streams = [...]`",
                 ),
+            }
+            if let Some(n) = s.partitions {
+                match s.streams.as_deref() {
+                    _ if !(1..=MAX_PARTITIONS).contains(&n) => errors.add(
+                        &key("partitions"),
+                        format!("partitions must be 1 to {MAX_PARTITIONS}, not {n}"),
+                    ),
+                    Some([family]) if s.stream.is_none() => {
+                        s.streams = Some(partition_keys(family, n));
+                    }
+                    _ => errors.add(
+                        &key("partitions"),
+                        "`partitions` needs `stream`, the family's name (e.g. stream = \"orders\" reads orders:{0}, orders:{1}, ...), not `streams`",
+                    ),
+                }
             }
             s.stream = s.streams.as_ref().and_then(|v| v.first().cloned());
             vec![
@@ -362,6 +391,7 @@ fn validate_source(mut s: SourceConfig, name: &str, errors: &mut Errors) -> Sour
             vec![
                 ("stream", s.stream.is_some(), "stream"),
                 ("streams", s.streams.is_some(), "stream"),
+                ("partitions", s.partitions.is_some(), "stream"),
                 ("group", s.group.is_some(), "stream"),
                 ("list", s.list.is_some(), "list"),
             ]
@@ -380,6 +410,7 @@ fn validate_source(mut s: SourceConfig, name: &str, errors: &mut Errors) -> Sour
             vec![
                 ("stream", s.stream.is_some(), "stream"),
                 ("streams", s.streams.is_some(), "stream"),
+                ("partitions", s.partitions.is_some(), "stream"),
                 ("group", s.group.is_some(), "stream"),
                 ("channels", s.channels.is_some(), "pubsub"),
                 ("patterns", s.patterns.is_some(), "pubsub"),
@@ -586,7 +617,14 @@ const SINK_TYPES: [SinkType; 5] = [
 /// The keys a sink type takes besides `name`, `type` and `route`.
 fn sink_keys(kind: SinkType) -> &'static [&'static str] {
     match kind {
-        SinkType::Stream => &["stream", "maxlen", "id_field", "url"],
+        SinkType::Stream => &[
+            "stream",
+            "maxlen",
+            "id_field",
+            "url",
+            "partitions",
+            "partition_by",
+        ],
         SinkType::Pubsub => &["channel", "channel_field", "payload_field", "url"],
         SinkType::List => &["list", "side", "payload_field", "url"],
         SinkType::Stdout => &[],
@@ -601,6 +639,8 @@ fn sink_keys_set(s: &SinkConfig) -> Vec<&'static str> {
         ("maxlen", s.maxlen.is_some()),
         ("id_field", s.id_field.is_some()),
         ("url", s.url.is_some()),
+        ("partitions", s.partitions.is_some()),
+        ("partition_by", s.partition_by.is_some()),
         ("channel", s.channel.is_some()),
         ("channel_field", s.channel_field.is_some()),
         ("payload_field", s.payload_field.is_some()),
@@ -673,6 +713,25 @@ fn validate_sinks(
                     }
                     if s.maxlen == Some(0) {
                         errors.add(&key("maxlen"), "maxlen 0 would trim every entry away; valid: 1 or more, or leave it out (no trimming)");
+                    }
+                    match (s.partitions, s.partition_by.as_deref()) {
+                        (None, None) => {}
+                        (Some(n), Some(field)) if (1..=MAX_PARTITIONS).contains(&n) && !field.is_empty() => {
+                            if atomic || s.id_field.is_some() {
+                                errors.add(
+                                    &key("partitions"),
+                                    "a partitioned stream sink does not work with `atomic = true` or `id_field` (each needs one stream); remove one of them",
+                                );
+                            }
+                        }
+                        (Some(n), Some(_)) if !(1..=MAX_PARTITIONS).contains(&n) => errors.add(
+                            &key("partitions"),
+                            format!("partitions must be 1 to {MAX_PARTITIONS}, not {n}"),
+                        ),
+                        _ => errors.add(
+                            &key("partition_by"),
+                            "a partitioned stream sink needs both `partitions` (how many) and `partition_by` (the record field whose value picks one)",
+                        ),
                     }
                     if atomic && s.id_field.is_some() {
                         errors.add(

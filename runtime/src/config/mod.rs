@@ -7,9 +7,10 @@
 //! type, unique sink names, plugin files that exist and compile). Every error
 //! is a [`ConfigError`] naming the file, line, key and what would be valid.
 
+pub mod cluster;
 mod load;
 
-pub use load::{ConfigError, load_file, load_str, pipeline_files};
+pub use load::{ConfigError, load_file, load_str, partition_key, partition_keys, pipeline_files};
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -78,6 +79,12 @@ pub struct SourceConfig {
     /// stream gets its own consumers, so the keys need not share a cluster
     /// slot. After validation it holds every stream, also for `stream`.
     pub streams: Option<Vec<String>>,
+    /// A partitioned stream family (stream sources): `stream = "orders"`
+    /// with `partitions = 16` reads `orders:{0}` .. `orders:{15}`, each
+    /// partition its own hash tag (so they spread over a cluster's nodes)
+    /// and its own lane, as with `streams`. After validation `streams`
+    /// holds the partition keys.
+    pub partitions: Option<u32>,
     /// Consumer group; default: the pipeline name.
     pub group: Option<String>,
     /// Concurrent consumers in this process, each with its own name and
@@ -245,8 +252,16 @@ pub struct SinkConfig {
     #[serde(rename = "type")]
     /// `stream`, `pubsub`, `list`, `stdout` or `file`.
     pub kind: SinkType,
-    /// Stream key (stream sinks).
+    /// Stream key (stream sinks); with `partitions`, the family's name.
     pub stream: Option<String>,
+    /// Write a partitioned stream family (stream sinks): each record goes
+    /// to `<stream>:{<n>}`, n = FNV-1a hash of its `partition_by` field
+    /// mod `partitions`, so one key always lands in one partition and its
+    /// order holds. Default: one stream.
+    pub partitions: Option<u32>,
+    /// The record field whose value picks the partition (with
+    /// `partitions`); a record without it is dead-lettered.
+    pub partition_by: Option<String>,
     /// Approximate cap on the stream's length (XADD MAXLEN ~), so an output
     /// stream nobody trims cannot fill Redis' memory. Default: no cap
     /// (stream sinks).

@@ -20,12 +20,12 @@
 
 use super::{Shared, retry_outage, run_chain};
 use crate::ack;
+use crate::conn::Conn;
 use crate::conn::{self, Outage};
 use crate::message::Message;
 use crate::plugin::Chain;
 use crate::source::list::{self as source, Keys};
 use anyhow::Result;
-use redis::aio::ConnectionManager;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -113,7 +113,7 @@ async fn consume(s: Arc<Shared>, keys: Arc<Keys>, index: u32, cancel: Cancellati
 /// heartbeat's lifetime), cancels `lost`: the consumer finishes its batch
 /// and claims a new name.
 async fn heartbeat(
-    mut conn: ConnectionManager,
+    mut conn: Conn,
     keys: Arc<Keys>,
     consumer: String,
     ttl_ms: u64,
@@ -142,7 +142,7 @@ async fn work(
     s: &Shared,
     keys: &Keys,
     consumer: &str,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     cancel: &CancellationToken,
 ) {
     let p = &s.pipeline;
@@ -245,7 +245,7 @@ async fn process_batch(
     consumer: &str,
     chain: &mut Option<Chain>,
     batch: Vec<Message>,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     stop: &CancellationToken,
 ) -> bool {
     let p = &s.pipeline;

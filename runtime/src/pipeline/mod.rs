@@ -19,12 +19,12 @@ mod stream;
 
 use crate::ack::{self, Status};
 use crate::config::{Pipeline, SourceType, plugin_config};
+use crate::conn::Conn;
 use crate::conn::{self, Outage};
 use crate::message::{Failure, Message, Outcome};
 use crate::plugin::{Chain, Engine, Stage, StageSettings};
 use crate::sink::Sinks;
 use anyhow::{Context as _, Result};
-use redis::aio::ConnectionManager;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -55,7 +55,9 @@ struct Shared {
     pipeline: Pipeline,
     /// The pipeline's Redis, redacted for logs.
     redis: String,
-    client: redis::Client,
+    /// The pipeline's Redis URL.
+    url: String,
+    client: conn::Client,
     stages: Vec<Arc<Stage>>,
     sinks: Arc<Sinks>,
 }
@@ -66,6 +68,15 @@ struct Shared {
 pub async fn build(pipeline: Pipeline, ctx: &Context) -> Result<Built> {
     let url = redis_url(&pipeline, ctx);
     let client = conn::client(&url)?;
+    if client.is_cluster() {
+        let problems = crate::config::cluster::problems(&pipeline);
+        anyhow::ensure!(
+            problems.is_empty(),
+            "on the Redis Cluster {}: {}",
+            conn::redact(&url),
+            problems.join("; ")
+        );
+    }
     let name: Arc<str> = pipeline.name.as_str().into();
     let mut stages = Vec::new();
     for (i, p) in pipeline.processors.iter().enumerate() {
@@ -109,6 +120,7 @@ pub async fn build(pipeline: Pipeline, ctx: &Context) -> Result<Built> {
         shared: Arc::new(Shared {
             pipeline,
             redis: conn::redact(&url),
+            url: url.clone(),
             client,
             stages,
             sinks,
@@ -168,6 +180,13 @@ impl Built {
     pub async fn run(self, cancel: CancellationToken) -> Result<()> {
         let s = self.shared;
         let name = s.pipeline.name.clone();
+        let topology = cancel.child_token();
+        let _stop_topology = topology.clone().drop_guard();
+        tokio::spawn(conn::watch_topology(
+            s.client.clone(),
+            s.url.clone(),
+            topology,
+        ));
         match s.pipeline.source.kind {
             SourceType::Stream => {
                 let stats = cancel.child_token();
@@ -247,7 +266,7 @@ struct Sorted<'a> {
 /// the batch. A rejected message is done only once its dead letter is
 /// written; otherwise it is neither done nor retried and stays unsettled.
 async fn sort_statuses<'a>(
-    conn: &ConnectionManager,
+    conn: &Conn,
     p: &Pipeline,
     dead_letter: &str,
     batch: &'a [Message],
@@ -280,7 +299,7 @@ async fn sort_statuses<'a>(
 /// Writes dead letters for `rejected` (message, why) to `stream`, retrying
 /// through an outage. Only after this succeeds may the messages be acked.
 async fn write_dead_letters(
-    conn: &ConnectionManager,
+    conn: &Conn,
     p: &Pipeline,
     stream: &str,
     rejected: &[(&Message, &Failure)],

@@ -78,7 +78,7 @@ async fn subscribe(s: Arc<Shared>, tx: mpsc::Sender<Message>, cancel: Cancellati
     let mut drops = Drops::default();
     loop {
         let subscribed = async {
-            let mut pubsub = s.client.get_async_pubsub().await?;
+            let mut pubsub = s.client.pubsub().await?;
             for channel in p.source.channels.iter().flatten() {
                 pubsub.subscribe(channel).await?;
             }

@@ -13,10 +13,10 @@
 use super::Shared;
 use super::stream::{dead_letter_trimmed, settle_acks, with_lease};
 use crate::config::Pipeline;
+use crate::conn::Conn;
 use crate::conn::{self, Outage};
 use crate::message::Message;
 use crate::source::stream as source;
-use redis::aio::ConnectionManager;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 pub(super) async fn run(
     s: Arc<Shared>,
     feeds: Vec<(String, mpsc::Sender<Vec<Message>>)>,
-    mut conn: ConnectionManager,
+    mut conn: Conn,
     mut histories_read: mpsc::Receiver<()>,
     cancel: CancellationToken,
 ) {
@@ -145,7 +145,7 @@ async fn free_feed<'a>(
 
 /// Removes the group's consumers idle past `remove_consumers_idle_ms` that
 /// own nothing (what processes that died leave behind).
-async fn remove_dead_consumers(conn: &mut ConnectionManager, p: &Pipeline, idle_ms: u64) {
+async fn remove_dead_consumers(conn: &mut Conn, p: &Pipeline, idle_ms: u64) {
     match source::remove_idle_consumers(conn, p.stream(), p.group(), idle_ms, None).await {
         Ok(removed) if !removed.is_empty() => {
             info!(pipeline = %p.name, group = %p.group(), consumers = ?removed, idle_ms, "removed consumers that were idle and owned nothing");

@@ -42,12 +42,12 @@ use super::{Shared, count, log_status, retry_outage, run_chain};
 use crate::ack::{self, Routed, Status};
 use crate::atomic;
 use crate::config::Pipeline;
+use crate::conn::Conn;
 use crate::conn::{self, Outage};
 use crate::message::{Failure, FailureClass, Message, Record, stream_id_ms};
 use crate::plugin::Chain;
 use crate::source::stream::{self as source, Batch, StreamReader};
 use anyhow::Result;
-use redis::aio::ConnectionManager;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -126,7 +126,7 @@ async fn run_lane(s: Arc<Shared>, cancel: CancellationToken) {
 /// Creates the consumer group at `start`, waiting out an unreachable Redis.
 /// True if this call created it (false: it existed, or cancelled).
 async fn wait_for_group(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     s: &Shared,
     start: &str,
     cancel: &CancellationToken,
@@ -170,7 +170,7 @@ async fn wait_for_group(
 /// lost its data, or someone deleted the group): recreate it at `0`, not at
 /// `start`, so entries producers added since are not skipped. What was
 /// pending in the old group is gone with it.
-async fn recreate_group(conn: &mut ConnectionManager, s: &Shared, cancel: &CancellationToken) {
+async fn recreate_group(conn: &mut Conn, s: &Shared, cancel: &CancellationToken) {
     let p = &s.pipeline;
     if wait_for_group(conn, s, "0", cancel).await {
         error!(
@@ -310,7 +310,7 @@ impl Acks {
 async fn read_ahead(
     s: Arc<Shared>,
     consumer: String,
-    mut conn: ConnectionManager,
+    mut conn: Conn,
     ahead: mpsc::Sender<Vec<Message>>,
     acks: Acks,
     history: mpsc::Sender<()>,
@@ -380,11 +380,7 @@ async fn read_ahead(
 /// deleted) before they were settled: logged with their ids, counted, and
 /// a dead letter written for each saying so. True once written: only then
 /// may they be acked.
-pub(super) async fn dead_letter_trimmed(
-    conn: &ConnectionManager,
-    p: &Pipeline,
-    ids: &[String],
-) -> bool {
+pub(super) async fn dead_letter_trimmed(conn: &Conn, p: &Pipeline, ids: &[String]) -> bool {
     warn!(
         pipeline = %p.name,
         stream = %p.stream(),
@@ -427,7 +423,7 @@ async fn process_batch(
     consumer: &str,
     chain: &mut Option<Chain>,
     batch: Vec<Message>,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     stop: &CancellationToken,
 ) -> Vec<String> {
     let p = &s.pipeline;
@@ -479,7 +475,7 @@ async fn process_batch(
 /// of claim_idle_ms, so no reclaimer takes work that is still alive,
 /// however slow.
 pub(super) async fn with_lease<T>(
-    mut conn: ConnectionManager,
+    mut conn: Conn,
     p: &Pipeline,
     consumer: &str,
     ids: &[String],
@@ -511,7 +507,7 @@ pub(super) async fn with_lease<T>(
 /// script (see [`atomic`]). Errored messages are left pending.
 async fn settle_atomic(
     s: &Shared,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     consumer: &str,
     batch: &[Message],
     statuses: &[Status],
@@ -612,7 +608,7 @@ async fn settle_atomic(
 /// dropped and dead-lettered. Errored messages are logged and left pending.
 async fn settle(
     s: &Shared,
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     batch: &[Message],
     statuses: &[Status],
 ) -> Vec<String> {
@@ -623,7 +619,7 @@ async fn settle(
 }
 
 /// Acks `ids` in one XACK, retrying through an outage.
-pub(super) async fn settle_acks(conn: &mut ConnectionManager, p: &Pipeline, ids: &[String]) {
+pub(super) async fn settle_acks(conn: &mut Conn, p: &Pipeline, ids: &[String]) {
     let acked = retry_outage(&p.name, "acking", || {
         let mut c = conn.clone();
         async move { source::ack(&mut c, p.stream(), p.group(), ids).await }

@@ -31,7 +31,7 @@ pub struct StageSettings {
     /// Handed to `init`.
     pub config: Vec<(String, String)>,
     /// Redis behind the `kv` import.
-    pub kv: Option<redis::Client>,
+    pub kv: Option<crate::conn::Client>,
     /// Folders and environment variables the sandbox lets through.
     pub grants: crate::config::Grants,
     /// Most fuel one call may use, if set (the engine must count fuel).
@@ -78,7 +78,7 @@ pub struct Stage {
     number: usize,
     trial: Mutex<Trial>,
     /// Where shadow mismatches are sampled to, opened on first use.
-    shadow_out: Mutex<Option<redis::Connection>>,
+    shadow_out: Mutex<Option<crate::conn::BlockingConn>>,
 }
 
 /// What a stage remembers about its versions.
@@ -364,16 +364,17 @@ impl Stage {
         let mut out = self.shadow_out.lock().unwrap_or_else(|e| e.into_inner());
         if out.is_none() {
             *out = client
-                .get_connection_with_timeout(Duration::from_secs(2))
+                .blocking(Duration::from_secs(2))
                 .inspect_err(|e| tracing::debug!(pipeline, "cannot sample shadow mismatches: {e}"))
                 .ok();
         }
         let Some(conn) = out.as_mut() else { return };
         let key = format!("{pipeline}:shadow");
-        let mut pipe = redis::pipe();
+        // One XADD each (a batch samples at most a few): a blocking cluster
+        // connection runs single commands only.
         for (id, detail) in samples {
-            pipe.cmd("XADD")
-                .arg(&key)
+            let mut xadd = redis::cmd("XADD");
+            xadd.arg(&key)
                 .arg("MAXLEN")
                 .arg("~")
                 .arg(SHADOW_MAXLEN)
@@ -387,12 +388,12 @@ impl Stage {
                 .arg("shadow")
                 .arg(shadow.plugin.hash())
                 .arg("detail")
-                .arg(detail)
-                .ignore();
-        }
-        if let Err(e) = pipe.query::<()>(conn) {
-            tracing::debug!(pipeline, "cannot sample shadow mismatches: {e}");
-            *out = None;
+                .arg(detail);
+            if let Err(e) = conn.query::<()>(&xadd) {
+                tracing::debug!(pipeline, "cannot sample shadow mismatches: {e}");
+                *out = None;
+                return;
+            }
         }
     }
 }

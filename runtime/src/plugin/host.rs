@@ -34,7 +34,7 @@ impl Host {
         pipeline: Arc<str>,
         plugin: Arc<str>,
         memory_bytes: usize,
-        kv: Option<redis::Client>,
+        kv: Option<crate::conn::Client>,
         grants: &Grants,
     ) -> Result<Self> {
         let stderr = StderrTail::default();
@@ -107,8 +107,8 @@ impl log::Host for Host {
 /// The guest call is synchronous and runs on a blocking thread, so a plain
 /// blocking connection, opened on first use, fits.
 struct Kv {
-    client: Option<redis::Client>,
-    conn: Option<redis::Connection>,
+    client: Option<crate::conn::Client>,
+    conn: Option<crate::conn::BlockingConn>,
     prefix: String,
     /// Used instead when there is no Redis (`plugin test`).
     memory: Option<MemoryKv>,
@@ -121,17 +121,11 @@ impl Kv {
             .as_ref()
             .ok_or("the key-value store is not available here")?;
         if self.conn.is_none() {
-            let conn = client
-                .get_connection_with_timeout(KV_TIMEOUT)
-                .map_err(|e| e.to_string())?;
-            conn.set_read_timeout(Some(KV_TIMEOUT))
-                .map_err(|e| e.to_string())?;
-            conn.set_write_timeout(Some(KV_TIMEOUT))
-                .map_err(|e| e.to_string())?;
+            let conn = client.blocking(KV_TIMEOUT).map_err(|e| e.to_string())?;
             self.conn = Some(conn);
         }
         let conn = self.conn.as_mut().expect("connected above");
-        cmd.query(conn).map_err(|e| {
+        conn.query(cmd).map_err(|e| {
             // A broken connection is replaced on the next call.
             self.conn = None;
             e.to_string()

@@ -249,12 +249,13 @@ pub fn publish(name: &str) {
     };
     let body = serde_json::Value::Array(stages.iter().map(|s| s.report()).collect());
     let written = client
-        .get_connection_with_timeout(Duration::from_secs(2))
+        .blocking(Duration::from_secs(2))
         .and_then(|mut conn| {
-            redis::cmd("SET")
-                .arg(versions_key(name))
-                .arg(body.to_string())
-                .query::<()>(&mut conn)
+            conn.query::<()>(
+                redis::cmd("SET")
+                    .arg(versions_key(name))
+                    .arg(body.to_string()),
+            )
         });
     if let Err(e) = written {
         tracing::debug!(

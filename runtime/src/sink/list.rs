@@ -2,12 +2,12 @@
 
 use super::{SinkError, round_trip};
 use crate::config::ListSide;
+use crate::conn::Conn;
 use crate::message::Record;
-use redis::aio::ConnectionManager;
 
 /// Pushes one field of each record onto a list.
 pub struct ListSink {
-    conn: ConnectionManager,
+    conn: Conn,
     list: String,
     side: ListSide,
     payload_field: String,

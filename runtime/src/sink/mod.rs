@@ -28,8 +28,8 @@ pub use stdout::StdoutSink;
 pub use stream::StreamSink;
 
 use crate::config::{Pipeline, SinkConfig, SinkType};
+use crate::conn::Conn;
 use crate::message::Record;
-use redis::aio::ConnectionManager;
 
 /// A configured sink.
 pub enum Sink {
@@ -54,12 +54,18 @@ impl Sink {
         let url = config.url.as_deref().unwrap_or(default_url);
         let payload_field = config.payload_field.as_deref().unwrap_or(DEFAULT_PAYLOAD);
         Ok(match config.kind {
-            SinkType::Stream => Sink::Stream(StreamSink::new(
-                url,
-                config.stream.as_deref().unwrap_or_default(),
-                config.maxlen,
-                config.id_field.as_deref(),
-            )?),
+            SinkType::Stream => {
+                let mut sink = StreamSink::new(
+                    url,
+                    config.stream.as_deref().unwrap_or_default(),
+                    config.maxlen,
+                    config.id_field.as_deref(),
+                )?;
+                if let (Some(n), Some(field)) = (config.partitions, &config.partition_by) {
+                    sink = sink.partitioned(n, field);
+                }
+                Sink::Stream(sink)
+            }
             SinkType::Pubsub => {
                 let channel = match (&config.channel, &config.channel_field) {
                     (_, Some(field)) => pubsub::Channel::Field(field.clone()),
@@ -164,7 +170,7 @@ fn field<'a>(record: &'a Record, name: &str) -> Option<&'a [u8]> {
 /// `reply` judges each answer. A failure of the round trip itself (Redis
 /// unreachable) fails every record with the same error.
 async fn round_trip(
-    conn: &ConnectionManager,
+    conn: &Conn,
     key: &str,
     commands: Vec<Result<redis::Cmd, SinkError>>,
     reply: impl Fn(redis::RedisResult<redis::Value>) -> Result<(), SinkError>,
@@ -204,7 +210,7 @@ async fn round_trip(
 }
 
 /// Opens a reconnecting connection for a Redis sink.
-fn connect(url: &str) -> anyhow::Result<ConnectionManager> {
+fn connect(url: &str) -> anyhow::Result<Conn> {
     let client = crate::conn::client(url)?;
     Ok(crate::conn::manager(&client, crate::conn::COMMAND_TIMEOUT)?)
 }

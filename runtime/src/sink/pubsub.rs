@@ -6,8 +6,8 @@
 //! for its reader.
 
 use super::{SinkError, round_trip};
+use crate::conn::Conn;
 use crate::message::Record;
-use redis::aio::ConnectionManager;
 
 /// Where a record is published.
 pub enum Channel {
@@ -19,7 +19,7 @@ pub enum Channel {
 
 /// Publishes one field of each record.
 pub struct PubsubSink {
-    conn: ConnectionManager,
+    conn: Conn,
     channel: Channel,
     payload_field: String,
     /// Names the destination in errors and logs.
@@ -41,16 +41,21 @@ impl PubsubSink {
         })
     }
 
-    /// The PUBLISH for `record`, or why it cannot be sent.
-    fn publish(&self, record: &Record) -> Result<redis::Cmd, SinkError> {
-        let channel: &[u8] = match &self.channel {
-            Channel::Fixed(c) => c.as_bytes(),
+    /// The channel `record` goes to, or why it has none.
+    fn channel<'a>(&'a self, record: &'a Record) -> Result<&'a [u8], SinkError> {
+        match &self.channel {
+            Channel::Fixed(c) => Ok(c.as_bytes()),
             Channel::Field(f) => super::field(record, f).ok_or_else(|| {
                 SinkError::refused(format!(
                     "the record has no field `{f}` to take the channel from (channel_field)"
                 ))
-            })?,
-        };
+            }),
+        }
+    }
+
+    /// The PUBLISH for `record`, or why it cannot be sent.
+    fn publish(&self, record: &Record) -> Result<redis::Cmd, SinkError> {
+        let channel = self.channel(record)?;
         let payload = super::field(record, &self.payload_field).ok_or_else(|| {
             SinkError::refused(format!(
                 "the record has no field `{}` to publish (payload_field)",
@@ -62,8 +67,40 @@ impl PubsubSink {
         Ok(cmd)
     }
 
-    /// Publishes `records` with one pipelined round trip.
+    /// Publishes `records` with one pipelined round trip; on a cluster, one
+    /// per channel slot, concurrently (the cluster client sends a pipeline
+    /// to one node, chosen by its first channel's slot).
     pub async fn write(&self, records: &[&Record]) -> Vec<Result<(), SinkError>> {
+        if !self.conn.is_cluster() || matches!(self.channel, Channel::Fixed(_)) {
+            return self.write_one_trip(records).await;
+        }
+        let mut results: Vec<Option<Result<(), SinkError>>> = vec![None; records.len()];
+        let mut by_slot: std::collections::BTreeMap<u16, Vec<usize>> = Default::default();
+        for (i, record) in records.iter().enumerate() {
+            match self.channel(record) {
+                Ok(channel) => by_slot
+                    .entry(crate::config::cluster::slot(channel))
+                    .or_default()
+                    .push(i),
+                Err(why) => results[i] = Some(Err(why)),
+            }
+        }
+        let trips = by_slot.into_values().map(|indexes| async move {
+            let batch: Vec<&Record> = indexes.iter().map(|i| records[*i]).collect();
+            (indexes, self.write_one_trip(&batch).await)
+        });
+        for (indexes, written) in futures::future::join_all(trips).await {
+            for (i, result) in indexes.into_iter().zip(written) {
+                results[i] = Some(result);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(SinkError::refused("not published"))))
+            .collect()
+    }
+
+    async fn write_one_trip(&self, records: &[&Record]) -> Vec<Result<(), SinkError>> {
         let commands = records.iter().map(|r| self.publish(r)).collect();
         round_trip(&self.conn, &self.label, commands, |answer| {
             answer

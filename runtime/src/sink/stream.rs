@@ -11,8 +11,8 @@
 //! only a retry or reclaimed work arrives out of order.
 
 use super::{SinkError, round_trip};
+use crate::conn::Conn;
 use crate::message::{Field, Record};
-use redis::aio::ConnectionManager;
 
 /// KEYS[1]: the stream. ARGV: id, maxlen ("" for none), then the fields.
 /// Returns the id written, or `PRESENT` when the stream already holds it;
@@ -42,10 +42,12 @@ return added
 
 /// Writes records to one stream.
 pub struct StreamSink {
-    conn: ConnectionManager,
+    conn: Conn,
     stream: String,
     maxlen: Option<u64>,
     id_field: Option<String>,
+    /// `partitions` and `partition_by`: write the family `<stream>:{n}`.
+    partitions: Option<(u32, String)>,
 }
 
 impl StreamSink {
@@ -62,7 +64,15 @@ impl StreamSink {
             stream: stream.to_string(),
             maxlen,
             id_field: id_field.map(str::to_string),
+            partitions: None,
         })
+    }
+
+    /// Writes the stream family `<stream>:{0}` .. `<stream>:{n-1}` instead,
+    /// each record to the partition its `field` hashes to.
+    pub fn partitioned(mut self, n: u32, field: &str) -> Self {
+        self.partitions = Some((n, field.to_string()));
+        self
     }
 
     /// The stream key.
@@ -77,23 +87,23 @@ impl StreamSink {
 
     /// The XADD for `record` (a checking script with `id_field`), or why it
     /// cannot be written.
-    fn xadd(&self, record: &Record) -> Result<redis::Cmd, SinkError> {
+    fn xadd(&self, stream: &str, record: &Record) -> Result<redis::Cmd, SinkError> {
         let (id, fields) = entry(record, self.id_field.as_deref())?;
         // Sized up front: growing the buffers arg by arg costs more
         // allocations than the rest of the write.
         let (count, bytes) = fields.clone().fold((0, 0), |(count, bytes), (n, v)| {
             (count + 1, bytes + n.len() + v.len())
         });
-        let mut cmd = redis::Cmd::with_capacity(6 + 2 * count, self.stream.len() + 32 + bytes);
+        let mut cmd = redis::Cmd::with_capacity(6 + 2 * count, stream.len() + 32 + bytes);
         if self.id_field.is_some() {
             cmd.arg("EVAL")
                 .arg(WRITE_WITH_ID)
                 .arg(1)
-                .arg(&self.stream)
+                .arg(stream)
                 .arg(id)
                 .arg(self.maxlen.map(|m| m.to_string()).unwrap_or_default());
         } else {
-            cmd.arg("XADD").arg(&self.stream);
+            cmd.arg("XADD").arg(stream);
             if let Some(maxlen) = self.maxlen {
                 cmd.arg("MAXLEN").arg("~").arg(maxlen);
             }
@@ -105,24 +115,77 @@ impl StreamSink {
         Ok(cmd)
     }
 
-    /// Writes `records` with one pipelined round trip. A record with no
-    /// fields to write, or without its `id_field`, is refused.
+    /// Writes `records` with one pipelined round trip (one per partition
+    /// written, concurrently: on a cluster a pipeline keeps to one slot).
+    /// A record with no fields to write, without its `id_field` or without
+    /// its `partition_by` field, is refused.
     pub async fn write(&self, records: &[&Record]) -> Vec<Result<(), SinkError>> {
-        let commands = records.iter().map(|r| self.xadd(r)).collect();
-        round_trip(&self.conn, &self.stream, commands, |answer| match answer {
+        let Some((n, field)) = &self.partitions else {
+            return self.write_to(&self.stream, records).await;
+        };
+        let mut results: Vec<Option<Result<(), SinkError>>> = vec![None; records.len()];
+        let mut by_partition: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+        for (i, record) in records.iter().enumerate() {
+            match super::field(record, field) {
+                Some(value) => by_partition
+                    .entry(partition_of(value, *n))
+                    .or_default()
+                    .push(i),
+                None => {
+                    results[i] = Some(Err(SinkError {
+                        dead_letter: true,
+                        ..SinkError::refused(format!(
+                            "the record has no field `{field}` to pick a partition of {} by (partition_by)",
+                            self.stream
+                        ))
+                    }))
+                }
+            }
+        }
+        let writes = by_partition.into_iter().map(|(p, indexes)| async move {
+            let key = crate::config::partition_key(&self.stream, p);
+            let batch: Vec<&Record> = indexes.iter().map(|i| records[*i]).collect();
+            (indexes, self.write_to(&key, &batch).await)
+        });
+        for (indexes, written) in futures::future::join_all(writes).await {
+            for (i, result) in indexes.into_iter().zip(written) {
+                results[i] = Some(result);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(SinkError::refused("not written"))))
+            .collect()
+    }
+
+    /// Writes `records` to `stream` in one pipelined round trip.
+    async fn write_to(&self, stream: &str, records: &[&Record]) -> Vec<Result<(), SinkError>> {
+        let commands = records.iter().map(|r| self.xadd(stream, r)).collect();
+        round_trip(&self.conn, stream, commands, |answer| match answer {
             Ok(_) => Ok(()),
             Err(e) if crate::conn::has_code(&e, "NOTWRITTEN") => Err(SinkError {
                 dead_letter: true,
                 ..SinkError::refused(format!(
-                    "write to {}: {}",
-                    self.stream,
+                    "write to {stream}: {}",
                     e.detail().unwrap_or_default()
                 ))
             }),
-            Err(e) => Err(SinkError::from_redis(&self.stream, &e)),
+            Err(e) => Err(SinkError::from_redis(stream, &e)),
         })
         .await
     }
+}
+
+/// The partition of `n` a record whose partition field holds `value` goes
+/// to: FNV-1a (64 bit) of the bytes, mod `n`. Stable across processes and
+/// versions, so one key always lands in the same partition.
+pub fn partition_of(value: &[u8], n: u32) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in value {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % u64::from(n.max(1))) as u32
 }
 
 /// The entry id and fields to write for `record`: with an `id_field`, its

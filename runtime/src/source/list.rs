@@ -20,9 +20,9 @@
 //! All keys share the list's hash slot (`{jobs}:processing:...` for a list
 //! `jobs`), as LMOVE needs on a cluster.
 
+use crate::conn::Conn;
 use crate::message::Message;
 use redis::RedisResult;
-use redis::aio::ConnectionManager;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -189,7 +189,7 @@ pub fn item_key(item: &[u8]) -> String {
 /// restart, a lost reply or a failed settle), oldest first, counting a
 /// delivery for each. Returns the items and their redelivery counts.
 pub async fn own_items(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     consumer: &str,
     count: u32,
@@ -207,7 +207,7 @@ pub async fn own_items(
 /// Moves up to `count` new items into the consumer's processing list:
 /// waits up to `block_ms` for the first, then takes what is there.
 pub async fn take(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     consumer: &str,
     count: u32,
@@ -243,7 +243,7 @@ pub async fn take(
 
 /// Redelivery counts of `items` (None: first delivery).
 pub async fn counts(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     items: &[Vec<u8>],
 ) -> RedisResult<Vec<Option<u32>>> {
@@ -261,7 +261,7 @@ pub async fn counts(
 /// Settles items: `done` are removed from the processing list (acked);
 /// `again` go back to the queue's far end with one more delivery counted.
 pub async fn settle(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     consumer: &str,
     done: &[&[u8]],
@@ -306,7 +306,7 @@ pub async fn settle(
 /// of this host that no longer runs is taken over at once: a restarted
 /// sluice picks up, and finishes first, what its predecessor held.
 pub async fn claim_name(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     host: &str,
     index: u32,
@@ -358,7 +358,7 @@ pub async fn claim_name(
 /// the caller must stop using the name, or two processes would share one
 /// processing list.
 pub async fn heartbeat(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     consumer: &str,
     ttl_ms: u64,
@@ -373,7 +373,7 @@ pub async fn heartbeat(
 
 /// Removes the heartbeat of a consumer that stopped cleanly with nothing
 /// held, if the name is still this process's.
-pub async fn leave(conn: &mut ConnectionManager, keys: &Keys, consumer: &str) -> RedisResult<bool> {
+pub async fn leave(conn: &mut Conn, keys: &Keys, consumer: &str) -> RedisResult<bool> {
     redis::Script::new(LEAVE)
         .key(keys.processing(consumer))
         .key(keys.heartbeat(consumer))
@@ -384,27 +384,12 @@ pub async fn leave(conn: &mut ConnectionManager, keys: &Keys, consumer: &str) ->
 
 /// Moves the processing lists of consumers whose heartbeat expired back to
 /// the queue. Returns (consumer, items moved) for each one taken over.
-pub async fn take_over_dead(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-) -> RedisResult<Vec<(String, i64)>> {
-    let mut lists: Vec<String> = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(keys.processing_pattern())
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await?;
-        lists.extend(batch);
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
+pub async fn take_over_dead(conn: &mut Conn, keys: &Keys) -> RedisResult<Vec<(String, i64)>> {
+    // The processing lists share the queue's hash slot: on a cluster,
+    // only the master owning it holds them.
+    let lists = conn
+        .scan(&["MATCH", &keys.processing_pattern()], Some(&keys.list))
+        .await?;
     let prefix = keys.processing("");
     let mut taken = Vec::new();
     for processing in lists {
@@ -421,11 +406,7 @@ pub async fn take_over_dead(
 /// Moves the processing list of `consumer` back to the queue if, at that
 /// moment, its heartbeat has expired: None if it is alive, else how many
 /// items were moved. Check and move are one script.
-pub async fn take_over(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    consumer: &str,
-) -> RedisResult<Option<i64>> {
+pub async fn take_over(conn: &mut Conn, keys: &Keys, consumer: &str) -> RedisResult<Option<i64>> {
     let moved: i64 = redis::Script::new(TAKE_OVER)
         .key(keys.processing(consumer))
         .key(&keys.list)

@@ -8,8 +8,8 @@
 //! group and the reclaimer hands them out after `claim_idle_ms`, counted
 //! once, instead of re-reading work that is still in flight.
 
+use crate::conn::Conn;
 use crate::message::{Message, stream_id_ms};
-use redis::aio::ConnectionManager;
 use redis::{RedisResult, Value};
 use std::sync::Arc;
 
@@ -28,7 +28,7 @@ pub struct Batch {
 
 /// One consumer's reader.
 pub struct StreamReader {
-    conn: ConnectionManager,
+    conn: Conn,
     stream: Arc<str>,
     group: String,
     consumer: String,
@@ -43,7 +43,7 @@ impl StreamReader {
     /// A reader for `consumer` in `group`. `conn` must be dedicated to it
     /// (a blocking read holds the connection) with a response timeout above `block_ms`.
     pub fn new(
-        conn: ConnectionManager,
+        conn: Conn,
         stream: &str,
         group: &str,
         consumer: &str,
@@ -129,7 +129,7 @@ impl StreamReader {
 /// Redelivered entries: take the delivery count Redis keeps (XPENDING).
 /// The range may hold other entries of the same consumer, hence the margin.
 async fn fill_deliveries(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     stream: &str,
     group: &str,
     consumer: &str,
@@ -257,7 +257,7 @@ fn text(v: Value) -> Option<String> {
 /// Creates `group` on `stream` (and the stream, if missing) starting at
 /// `start`. Returns true if it created the group, false if it existed.
 pub async fn ensure_group(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     stream: &str,
     group: &str,
     start: &str,
@@ -281,7 +281,7 @@ pub async fn ensure_group(
 /// `consumer`, scanning from `cursor`. Returns the next cursor (`0-0` when
 /// the scan is complete) and the entries, with their delivery counts.
 pub async fn autoclaim(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     stream: &str,
     group: &str,
     consumer: &str,
@@ -336,7 +336,7 @@ pub async fn autoclaim(
 /// than `min_idle_ms` now) that came back without data: those are the
 /// deleted ones, still pending until acked.
 async fn claimed_but_missing(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     stream: &str,
     group: &str,
     consumer: &str,
@@ -371,12 +371,7 @@ async fn claimed_but_missing(
 }
 
 /// Acknowledges `ids` in one XACK.
-pub async fn ack(
-    conn: &mut ConnectionManager,
-    stream: &str,
-    group: &str,
-    ids: &[String],
-) -> RedisResult<()> {
+pub async fn ack(conn: &mut Conn, stream: &str, group: &str, ids: &[String]) -> RedisResult<()> {
     if ids.is_empty() {
         return Ok(());
     }
@@ -413,7 +408,7 @@ return removed
 /// Removes `consumer` from `group` if it holds no pending entries, so
 /// consumers that left do not pile up in XINFO CONSUMERS.
 pub async fn remove_if_idle(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     stream: &str,
     group: &str,
     consumer: &str,
@@ -426,7 +421,7 @@ pub async fn remove_if_idle(
 /// no pending entries (left behind by processes that died); returns their
 /// names. A live consumer polls, so its idle time stays below `block_ms`.
 pub async fn remove_idle_consumers(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     stream: &str,
     group: &str,
     min_idle_ms: u64,
@@ -463,7 +458,7 @@ return #mine
 /// Renews this consumer's lease on `ids` (see [`RENEW_LEASE`]); returns
 /// how many it still held.
 pub async fn renew_lease(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     stream: &str,
     group: &str,
     consumer: &str,

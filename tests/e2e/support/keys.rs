@@ -1,11 +1,11 @@
 //! The Redis reads and writes of pub/sub and list tests: lists, key scans, hashes and
 //! subscriber counts ([`streams`](super::streams) has the stream ones).
 
-use redis::Connection;
+use redis::ConnectionLike;
 
 /// Pushes `items` onto the head of `list` (LPUSH, one pipelined round trip per thousand), in
 /// order, so that a consumer popping from the tail (a list source) gets them in that order.
-pub fn lpush_many<T: redis::ToRedisArgs>(con: &mut Connection, list: &str, items: &[T]) {
+pub fn lpush_many<T: redis::ToRedisArgs>(con: &mut impl ConnectionLike, list: &str, items: &[T]) {
     for chunk in items.chunks(1000) {
         let mut pipe = redis::pipe();
         for item in chunk {
@@ -17,7 +17,7 @@ pub fn lpush_many<T: redis::ToRedisArgs>(con: &mut Connection, list: &str, items
 }
 
 /// LLEN: 0 for a list that does not exist.
-pub fn llen(con: &mut Connection, list: &str) -> usize {
+pub fn llen(con: &mut impl ConnectionLike, list: &str) -> usize {
     redis::cmd("LLEN")
         .arg(list)
         .query(con)
@@ -25,7 +25,7 @@ pub fn llen(con: &mut Connection, list: &str) -> usize {
 }
 
 /// Every item of `list`, head first (LRANGE 0 -1).
-pub fn lrange_all(con: &mut Connection, list: &str) -> Vec<String> {
+pub fn lrange_all(con: &mut impl ConnectionLike, list: &str) -> Vec<String> {
     redis::cmd("LRANGE")
         .arg(list)
         .arg(0)
@@ -35,7 +35,7 @@ pub fn lrange_all(con: &mut Connection, list: &str) -> Vec<String> {
 }
 
 /// Every key matching the glob `pattern` (SCAN, so it is safe on a busy server), sorted.
-pub fn keys_matching(con: &mut Connection, pattern: &str) -> Vec<String> {
+pub fn keys_matching(con: &mut impl ConnectionLike, pattern: &str) -> Vec<String> {
     let mut keys = Vec::new();
     let mut cursor: u64 = 0;
     loop {
@@ -59,7 +59,7 @@ pub fn keys_matching(con: &mut Connection, pattern: &str) -> Vec<String> {
 }
 
 /// Whether `key` exists.
-pub fn exists(con: &mut Connection, key: &str) -> bool {
+pub fn exists(con: &mut impl ConnectionLike, key: &str) -> bool {
     redis::cmd("EXISTS")
         .arg(key)
         .query(con)
@@ -67,7 +67,7 @@ pub fn exists(con: &mut Connection, key: &str) -> bool {
 }
 
 /// GET, `None` for a missing key.
-pub fn get(con: &mut Connection, key: &str) -> Option<String> {
+pub fn get(con: &mut impl ConnectionLike, key: &str) -> Option<String> {
     redis::cmd("GET")
         .arg(key)
         .query(con)
@@ -75,7 +75,7 @@ pub fn get(con: &mut Connection, key: &str) -> Option<String> {
 }
 
 /// How many clients are subscribed to `channel` (PUBSUB NUMSUB).
-pub fn subscribers(con: &mut Connection, channel: &str) -> usize {
+pub fn subscribers(con: &mut impl ConnectionLike, channel: &str) -> usize {
     let reply: (String, usize) = redis::cmd("PUBSUB")
         .arg("NUMSUB")
         .arg(channel)
@@ -85,7 +85,7 @@ pub fn subscribers(con: &mut Connection, channel: &str) -> usize {
 }
 
 /// How many pattern subscriptions the server has, from all clients (PUBSUB NUMPAT).
-pub fn pattern_subscriptions(con: &mut Connection) -> usize {
+pub fn pattern_subscriptions(con: &mut impl ConnectionLike) -> usize {
     redis::cmd("PUBSUB")
         .arg("NUMPAT")
         .query(con)
@@ -93,7 +93,7 @@ pub fn pattern_subscriptions(con: &mut Connection) -> usize {
 }
 
 /// PUBLISH `payload` to `channel`; returns how many subscribers received it.
-pub fn publish(con: &mut Connection, channel: &str, payload: &str) -> usize {
+pub fn publish(con: &mut impl ConnectionLike, channel: &str, payload: &str) -> usize {
     redis::cmd("PUBLISH")
         .arg(channel)
         .arg(payload)

@@ -9,6 +9,8 @@
 //!
 //! Map:
 //! - [`redis_server`]: spawn, stop and restart `redis-server`, killed on drop.
+//! - [`cluster`]: a six-node Redis Cluster (three masters, three replicas), killed on drop;
+//!   failover of one master.
 //! - [`sluice`]: spawn the binary with its stderr captured to a file; signals; drop kills it
 //!   and, when the test is failing, prints the captured log.
 //! - [`pipeline`]: pipeline files in a temp dir, and the stream → plugin → stream shape most
@@ -23,6 +25,7 @@
 //! - [`logs`]: log lines, their `key=value` fields and timestamps.
 
 pub mod browser;
+pub mod cluster;
 pub mod flow;
 pub mod http;
 pub mod keys;

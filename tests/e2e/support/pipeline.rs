@@ -6,7 +6,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use redis::Connection;
+use redis::ConnectionLike;
 use tempfile::TempDir;
 
 use super::streams::{group_exists, pending_count, xlen};
@@ -103,7 +103,12 @@ impl Pipeline {
 ///
 /// Checking both matters: output appears before its ack, so "all written" alone does not mean
 /// the group is settled.
-pub fn wait_settled(con: &mut Connection, sluice: &mut Sluice, out: usize, pending: usize) {
+pub fn wait_settled(
+    con: &mut impl ConnectionLike,
+    sluice: &mut Sluice,
+    out: usize,
+    pending: usize,
+) {
     sluice.wait_for(
         &format!("{out} entries in `{OUT}` and {pending} pending in group `{GROUP}` (seen: (out, pending))"),
         |_| {

@@ -309,7 +309,7 @@ pub(crate) fn signal(child: &Child, signal: libc::c_int) {
 }
 
 /// A port nothing listens on right now: bind port 0 and let the kernel pick.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     listener.local_addr().expect("local address").port()
 }

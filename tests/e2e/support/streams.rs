@@ -5,7 +5,7 @@
 //! group. Errors panic with the command that failed; a test cannot do anything better.
 
 use redis::streams::{StreamInfoGroup, StreamInfoGroupsReply, StreamPendingReply};
-use redis::{Connection, RedisResult};
+use redis::{ConnectionLike, RedisResult};
 
 /// How many XADDs go to Redis in one round trip when loading input.
 const XADD_CHUNK: usize = 1000;
@@ -32,7 +32,7 @@ impl Entry {
 /// chunks so that loading tens of thousands of messages takes milliseconds. Returns the ids in
 /// order.
 pub fn xadd_many<F, K, V>(
-    con: &mut Connection,
+    con: &mut impl ConnectionLike,
     stream: &str,
     count: usize,
     fields: F,
@@ -60,7 +60,7 @@ where
 }
 
 /// XLEN: 0 for a stream that does not exist.
-pub fn xlen(con: &mut Connection, stream: &str) -> usize {
+pub fn xlen(con: &mut impl ConnectionLike, stream: &str) -> usize {
     redis::cmd("XLEN")
         .arg(stream)
         .query(con)
@@ -68,7 +68,7 @@ pub fn xlen(con: &mut Connection, stream: &str) -> usize {
 }
 
 /// Every entry of `stream`, oldest first.
-pub fn xrange_all(con: &mut Connection, stream: &str) -> Vec<Entry> {
+pub fn xrange_all(con: &mut impl ConnectionLike, stream: &str) -> Vec<Entry> {
     let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
         .arg(stream)
         .arg("-")
@@ -83,7 +83,7 @@ pub fn xrange_all(con: &mut Connection, stream: &str) -> Vec<Entry> {
 
 /// How many entries the group has delivered and not yet acknowledged (XPENDING summary).
 /// Panics if the group does not exist, so that "0 pending" can never mean "never started".
-pub fn pending_count(con: &mut Connection, stream: &str, group: &str) -> usize {
+pub fn pending_count(con: &mut impl ConnectionLike, stream: &str, group: &str) -> usize {
     let reply: StreamPendingReply = redis::cmd("XPENDING")
         .arg(stream)
         .arg(group)
@@ -93,7 +93,7 @@ pub fn pending_count(con: &mut Connection, stream: &str, group: &str) -> usize {
 }
 
 /// The ids of every pending entry of the group, oldest first.
-pub fn pending_ids(con: &mut Connection, stream: &str, group: &str) -> Vec<String> {
+pub fn pending_ids(con: &mut impl ConnectionLike, stream: &str, group: &str) -> Vec<String> {
     pending_entries(con, stream, group)
         .into_iter()
         .map(|p| p.id)
@@ -114,7 +114,7 @@ pub struct Pending {
 
 /// Every pending entry of the group with its owner, idle time and delivery count, oldest
 /// first.
-pub fn pending_entries(con: &mut Connection, stream: &str, group: &str) -> Vec<Pending> {
+pub fn pending_entries(con: &mut impl ConnectionLike, stream: &str, group: &str) -> Vec<Pending> {
     let count = pending_count(con, stream, group);
     // Extended form: one (id, consumer, idle ms, delivery count) per entry.
     let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
@@ -138,7 +138,7 @@ pub fn pending_entries(con: &mut Connection, stream: &str, group: &str) -> Vec<P
 
 /// The id of the last entry the group handed to any consumer (XINFO GROUPS
 /// `last-delivered-id`): how far the group has read.
-pub fn last_delivered_id(con: &mut Connection, stream: &str, group: &str) -> String {
+pub fn last_delivered_id(con: &mut impl ConnectionLike, stream: &str, group: &str) -> String {
     group_info(con, stream, group)
         .unwrap_or_else(|| panic!("no group {group} on stream {stream}"))
         .last_delivered_id
@@ -156,18 +156,18 @@ pub fn parse_id(id: &str) -> (u64, u64) {
 }
 
 /// Whether consumer group `group` exists on `stream` (false if the stream does not).
-pub fn group_exists(con: &mut Connection, stream: &str, group: &str) -> bool {
+pub fn group_exists(con: &mut impl ConnectionLike, stream: &str, group: &str) -> bool {
     group_info(con, stream, group).is_some()
 }
 
 /// How many consumers the group knows; consumers register when they first read.
-pub fn consumer_count(con: &mut Connection, stream: &str, group: &str) -> usize {
+pub fn consumer_count(con: &mut impl ConnectionLike, stream: &str, group: &str) -> usize {
     group_info(con, stream, group)
         .unwrap_or_else(|| panic!("no group {group} on stream {stream}"))
         .consumers
 }
 
-fn group_info(con: &mut Connection, stream: &str, group: &str) -> Option<StreamInfoGroup> {
+fn group_info(con: &mut impl ConnectionLike, stream: &str, group: &str) -> Option<StreamInfoGroup> {
     let reply: RedisResult<StreamInfoGroupsReply> =
         redis::cmd("XINFO").arg("GROUPS").arg(stream).query(con);
     match reply {
@@ -179,7 +179,7 @@ fn group_info(con: &mut Connection, stream: &str, group: &str) -> Option<StreamI
 }
 
 /// XGROUP CREATE `group` on `stream` at `start`, as a group a test sets up before sluice runs.
-pub fn create_group(con: &mut Connection, stream: &str, group: &str, start: &str) {
+pub fn create_group(con: &mut impl ConnectionLike, stream: &str, group: &str, start: &str) {
     redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(stream)
@@ -191,7 +191,13 @@ pub fn create_group(con: &mut Connection, stream: &str, group: &str, start: &str
 
 /// Reads up to `count` new entries of `stream` as `consumer` of `group` and never acks them:
 /// a consumer that took work and died. They stay pending under its name.
-pub fn read_as(con: &mut Connection, stream: &str, group: &str, consumer: &str, count: usize) {
+pub fn read_as(
+    con: &mut impl ConnectionLike,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    count: usize,
+) {
     redis::cmd("XREADGROUP")
         .arg("GROUP")
         .arg(group)
@@ -206,6 +212,6 @@ pub fn read_as(con: &mut Connection, stream: &str, group: &str, consumer: &str, 
 }
 
 /// Pending entries of the group, or None while it does not exist yet (sluice creates it).
-pub fn pending_if_group(con: &mut Connection, stream: &str, group: &str) -> Option<usize> {
+pub fn pending_if_group(con: &mut impl ConnectionLike, stream: &str, group: &str) -> Option<usize> {
     group_exists(con, stream, group).then(|| pending_count(con, stream, group))
 }
