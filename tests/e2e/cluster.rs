@@ -23,6 +23,12 @@ fn cache() -> TempDir {
 
 /// Stream `in` (group `g`) → uppercase → stream `out` on `url`.
 fn stream_pipeline(url: &str, source: &str) -> Pipeline {
+    orders_pipeline(url, source, "uppercase", r#"field = "payload""#)
+}
+
+/// Stream `orders` (group `g`, from the start, `source` settings added) → the example plugin
+/// `plugin` with `config` → stream `orders:out`, on `url`.
+fn orders_pipeline(url: &str, source: &str, plugin_name: &str, config: &str) -> Pipeline {
     Pipeline::write(
         "cluster",
         &format!(
@@ -40,13 +46,13 @@ block_ms = 100
 [[processor]]
 plugin = '{plugin}'
 [processor.config]
-field = "payload"
+{config}
 
 [[sink]]
 type = "stream"
 stream = "orders:out"
 "#,
-            plugin = plugin("uppercase").display()
+            plugin = plugin(plugin_name).display()
         ),
     )
 }
@@ -237,33 +243,7 @@ fn a_failover_of_the_source_master_loses_nothing() {
     });
     // Slowed down (20 ms a batch of 20: about three seconds in all) so the failover lands
     // mid-run.
-    let pipeline = Pipeline::write(
-        "cluster",
-        &format!(
-            r#"[redis]
-url = "{url}"
-
-[source]
-type = "stream"
-stream = "orders"
-group = "g"
-start = "0"
-block_ms = 100
-batch = 20
-
-[[processor]]
-plugin = '{plugin}'
-[processor.config]
-sleep_ms = "20"
-
-[[sink]]
-type = "stream"
-stream = "orders:out"
-"#,
-            url = cluster.url(),
-            plugin = plugin("faults").display()
-        ),
-    );
+    let pipeline = orders_pipeline(&cluster.url(), "batch = 20", "faults", r#"sleep_ms = "20""#);
     let cache = cache();
     let mut sluice = Sluice::run_cached(pipeline.path(), cache.path());
     sluice.wait_for(
@@ -649,33 +629,7 @@ fn the_key_value_store_counts_on_a_cluster() {
     xadd_many(&mut cluster.conn_for("orders"), "orders", N, |i| {
         vec![("i", i.to_string())]
     });
-    let pipeline = Pipeline::write(
-        "counted",
-        &format!(
-            r#"[redis]
-url = "{url}"
-
-[source]
-type = "stream"
-stream = "orders"
-group = "g"
-start = "0"
-block_ms = 100
-consumers = 2
-
-[[processor]]
-plugin = '{plugin}'
-[processor.config]
-key = "n"
-
-[[sink]]
-type = "stream"
-stream = "orders:out"
-"#,
-            url = cluster.url(),
-            plugin = plugin("counter").display()
-        ),
-    );
+    let pipeline = orders_pipeline(&cluster.url(), "consumers = 2", "counter", r#"key = "n""#);
     let cache = cache();
     let mut sluice = Sluice::run_cached(pipeline.path(), cache.path());
     sluice.wait_for(
@@ -699,7 +653,7 @@ stream = "orders:out"
         "one count per message, none twice"
     );
     let stored: usize = redis::cmd("GET")
-        .arg("sluice:kv:{counted}:n")
+        .arg("sluice:kv:{cluster}:n")
         .query(&mut con)
         .expect("GET the counter");
     assert_eq!(stored, N);
@@ -721,33 +675,11 @@ fn a_killed_source_master_is_ridden_through_and_loses_nothing() {
         .query(&mut loader)
         .expect("WAIT");
     assert_eq!(replicas, 1);
-    let pipeline = Pipeline::write(
-        "cluster",
-        &format!(
-            r#"[redis]
-url = "{url}"
-
-[source]
-type = "stream"
-stream = "orders"
-group = "g"
-start = "0"
-block_ms = 100
-batch = 20
-claim_idle_ms = 2000
-
-[[processor]]
-plugin = '{plugin}'
-[processor.config]
-sleep_ms = "20"
-
-[[sink]]
-type = "stream"
-stream = "orders:out"
-"#,
-            url = cluster.url(),
-            plugin = plugin("faults").display()
-        ),
+    let pipeline = orders_pipeline(
+        &cluster.url(),
+        "batch = 20\nclaim_idle_ms = 2000",
+        "faults",
+        r#"sleep_ms = "20""#,
     );
     let cache = cache();
     let mut sluice = Sluice::run_cached(pipeline.path(), cache.path());
