@@ -9,6 +9,7 @@ use tempfile::TempDir;
 
 use crate::support::cluster::RedisCluster;
 use crate::support::keys::{keys_matching, llen, lpush_many};
+use crate::support::pipeline::list_to_stream_at;
 use crate::support::streams::{
     create_group, pending_ids, pending_if_group, read_as, xadd_many, xlen, xrange_all,
 };
@@ -111,30 +112,11 @@ fn a_list_pipeline_on_a_cluster_delivers_and_dead_letters() {
         })
         .collect();
     lpush_many(&mut cluster.conn_for("jobs"), "jobs", &items);
-    let pipeline = Pipeline::write(
-        "jobs",
-        &format!(
-            r#"[redis]
-url = "{url}"
-
-[source]
-type = "list"
-list = "jobs"
-block_ms = 100
-
-[[processor]]
-plugin = '{plugin}'
-[processor.config]
-field = "payload"
-
-[[sink]]
-type = "stream"
-stream = "jobs:out"
-"#,
-            url = cluster.url(),
-            plugin = plugin("faults").display()
-        ),
+    let processor = format!(
+        "[[processor]]\nplugin = '{}'\n[processor.config]\nfield = \"payload\"\n",
+        plugin("faults").display()
     );
+    let pipeline = list_to_stream_at(&cluster.url(), "", &processor);
     let cache = cache();
     let mut sluice = Sluice::run_cached(pipeline.path(), cache.path());
     sluice.wait_for(
@@ -170,32 +152,7 @@ fn status_pending_and_dlq_work_against_a_cluster() {
         let payload = if i % 10 == 3 { "poison" } else { "ok" };
         vec![("i", i.to_string()), ("payload", payload.to_string())]
     });
-    let pipeline = Pipeline::write(
-        "cluster",
-        &format!(
-            r#"[redis]
-url = "{url}"
-
-[source]
-type = "stream"
-stream = "orders"
-group = "g"
-start = "0"
-block_ms = 100
-
-[[processor]]
-plugin = '{plugin}'
-[processor.config]
-field = "payload"
-
-[[sink]]
-type = "stream"
-stream = "orders:out"
-"#,
-            url = cluster.url(),
-            plugin = plugin("faults").display()
-        ),
-    );
+    let pipeline = orders_pipeline(&cluster.url(), "", "faults", r#"field = "payload""#);
     let cache = cache();
     let mut sluice = Sluice::run_cached(pipeline.path(), cache.path());
     sluice.wait_for(

@@ -123,6 +123,11 @@ pub fn wait_settled(
 /// letters in `jobs:dead` (the default for a list source). `source` adds `[source]` lines;
 /// `processor` is the whole `[[processor]]` table.
 pub fn list_to_stream(redis: &RedisServer, source: &str, processor: &str) -> Pipeline {
+    list_to_stream_at(&redis.url(), source, processor)
+}
+
+/// [`list_to_stream`] on the Redis at `url` (a single server or a cluster).
+pub fn list_to_stream_at(url: &str, source: &str, processor: &str) -> Pipeline {
     Pipeline::write(
         "jobs",
         &format!(
@@ -140,7 +145,6 @@ block_ms = 100
 type = "stream"
 stream = "jobs:out"
 "#,
-            url = redis.url(),
         ),
     )
 }
