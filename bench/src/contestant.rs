@@ -79,7 +79,9 @@ pub struct Running {
     logs: Vec<PathBuf>,
 }
 
-/// Starts `who` on `case` (`case.processes` processes, all in the same groups).
+/// Starts `who` on `case` (`case.processes` processes, all in the same
+/// groups). Fails for a partitioned case `who` cannot read (the session
+/// skips those; started anyway, L would block on a key that never fills).
 pub fn start(
     who: Contestant,
     case: &Case,
@@ -87,6 +89,9 @@ pub fn start(
     redis_url: &str,
     block_ms: u64,
 ) -> Result<Running> {
+    if !case.runs(who) {
+        bail!("{} does not read partitioned stream families", who.label());
+    }
     let dir = tools.workdir.join(case.slug()).join(who.label());
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let args = ConsumerArgs {

@@ -43,13 +43,14 @@ pub fn run(
 ) -> Result<(Idle, Vec<String>)> {
     let mut conn = redis.connect()?;
     redis::cmd("FLUSHALL").exec(&mut conn)?;
-    workload::create_groups(&mut conn, pipelines)?;
+    workload::create_groups(&mut conn, pipelines, 0)?;
     let case = Case {
         size: 100,
         consumers: 1,
         batch: 256,
         pipelines,
         processes: 1,
+        partitions: 0,
         n: 0,
     };
     let mut running = contestant::start(who, &case, tools, redis.url(), block_ms)?;

@@ -61,7 +61,7 @@ pub fn run(
 ) -> Result<(Latency, Vec<String>)> {
     let mut conn = redis.connect()?;
     redis::cmd("FLUSHALL").exec(&mut conn)?;
-    workload::create_groups(&mut conn, 1)?;
+    workload::create_groups(&mut conn, 1, 0)?;
     let mut running = contestant::start(who, &plan.case, tools, redis.url(), block_ms)?;
     let measured = measure(redis, &mut conn, &mut running, plan);
     let problems = running.stop();

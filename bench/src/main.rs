@@ -84,7 +84,8 @@ struct RunArgs {
     #[arg(long, conflicts_with = "full")]
     quick: bool,
     /// Every variant: 100 B and 4 KiB, batch 16/256/1024, 1/2/4 consumers,
-    /// 10 pipelines, 2 processes; about 8 minutes on 2 cores.
+    /// 10 pipelines, 2 processes, scale-out over 1/2/4 processes; about
+    /// 15 minutes on 2 cores.
     #[arg(long)]
     full: bool,
     /// Payload sizes in bytes, e.g. 100,4096.
@@ -108,6 +109,19 @@ struct RunArgs {
     /// Also run the reference case with this many processes on one group (1 = off).
     #[arg(long)]
     processes: Option<u32>,
+    /// Scale-out: per process count, the reference case on one stream and on
+    /// a family of --partitions streams (S and S0 only), e.g. 1,2,4
+    /// ("" = off).
+    #[arg(long, value_parser = list::<u32>)]
+    scale: Option<List<u32>>,
+    /// Scale-out: partitions of the family cases [default: 8] (0 = one stream only).
+    #[arg(long)]
+    partitions: Option<u32>,
+    /// Extra payload sizes run at the reference consumers and batch, for
+    /// the cost-against-size curves, e.g. 100,1024,4096,16384,65536
+    /// ("" = off).
+    #[arg(long, value_parser = list::<usize>)]
+    size_sweep: Option<List<usize>>,
     /// Latency: offered messages per second (0 = skip latency).
     #[arg(long)]
     latency_rate: Option<u32>,
@@ -138,6 +152,26 @@ struct RunArgs {
     no_write: bool,
 }
 
+/// A comma-separated list where "" is the empty list, so a preset's list
+/// can be switched off (`--scale ""`); clap's `value_delimiter` would
+/// reject the empty string. A newtype, because clap reads an
+/// `Option<Vec<T>>` field as many values of `T`, not as one list.
+#[derive(Clone, Debug)]
+struct List<T>(Vec<T>);
+
+/// Parses a [`List`].
+fn list<T: std::str::FromStr>(s: &str) -> Result<List<T>, String>
+where
+    T::Err: std::fmt::Display,
+{
+    s.split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(|v| v.parse().map_err(|e| format!("{v:?}: {e}")))
+        .collect::<Result<_, _>>()
+        .map(List)
+}
+
 impl RunArgs {
     fn plan(&self) -> Plan {
         let (name, mut k) = if self.full {
@@ -155,6 +189,7 @@ impl RunArgs {
             rounds,
             pipelines,
             processes,
+            partitions,
             latency_rate,
             latency_secs,
             idle_pipelines,
@@ -163,6 +198,12 @@ impl RunArgs {
         );
         if self.n.is_some() {
             k.n = self.n;
+        }
+        if let Some(List(v)) = &self.scale {
+            k.scale = v.clone();
+        }
+        if let Some(List(v)) = &self.size_sweep {
+            k.size_sweep = v.clone();
         }
         k.plan(name)
     }
@@ -249,4 +290,43 @@ fn command_line() -> String {
         cmd += &args.join(" ");
     }
     cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(args: &[&str]) -> Plan {
+        let cli = Cli::try_parse_from(std::iter::once("sluice-bench").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        cli.run.plan()
+    }
+
+    #[test]
+    fn the_curves_command_line_composes() {
+        let plan = plan(&[
+            "--full",
+            "--consumers",
+            "1,2,4,8",
+            "--size-sweep",
+            "100,1024,4096,16384,65536",
+            "--scale",
+            "1,2,4",
+        ]);
+        assert_eq!(plan.preset, "full");
+        assert_eq!(plan.cases.len(), 21);
+        assert_eq!(plan.cases.iter().filter(|c| c.partitions == 8).count(), 3);
+        assert!(plan.cases.iter().any(|c| c.size == 65536));
+    }
+
+    #[test]
+    fn an_empty_list_switches_a_preset_knob_off() {
+        let full = plan(&["--full"]).cases.len();
+        let off = plan(&["--full", "--scale", ""]).cases;
+        assert_eq!(off.len(), full - 4);
+        assert!(off.iter().all(|c| c.partitions == 0));
+        let few = plan(&["--full", "--scale", "4", "--partitions", "2"]).cases;
+        assert_eq!(few.len(), full - 2);
+        assert!(Cli::try_parse_from(["sluice-bench", "--scale", "1,x"]).is_err());
+    }
 }

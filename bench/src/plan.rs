@@ -44,6 +44,14 @@ impl Contestant {
         }
     }
 
+    /// Whether it can read a partitioned stream family. Only sluice can:
+    /// L, L+ and P read one key per pipeline, and teaching them families
+    /// would measure our loops, not the question the partitioned cases ask
+    /// (does sluice scale over a family).
+    pub fn reads_families(self) -> bool {
+        matches!(self, Contestant::S | Contestant::S0)
+    }
+
     /// One line for the report's legend.
     pub fn describe(self) -> &'static str {
         match self {
@@ -84,7 +92,11 @@ pub struct Case {
     pub pipelines: u32,
     /// Processes joining the same consumer groups.
     pub processes: u32,
-    /// Messages in total, split evenly across the pipelines.
+    /// Partitions of each pipeline's source family (`bench:in:<i>:{0}` ..);
+    /// 0 = one plain stream per pipeline, the default.
+    pub partitions: u32,
+    /// Messages in total, split evenly across the pipelines (and round-robin
+    /// across a family's partitions).
     pub n: u64,
 }
 
@@ -103,15 +115,29 @@ impl Case {
         if self.processes > 1 {
             label += &format!(", {} processes", self.processes);
         }
+        if self.partitions > 0 {
+            // Said even for 1 process: it tells the family cases apart
+            // from the one-stream case of the same shape.
+            if self.processes == 1 {
+                label += ", 1 process";
+            }
+            label += &format!(", {} partitions", self.partitions);
+        }
         label
     }
 
     /// A file-name-safe form of [`Case::label`].
     pub fn slug(&self) -> String {
         format!(
-            "s{}-c{}-b{}-p{}-x{}",
-            self.size, self.consumers, self.batch, self.pipelines, self.processes
+            "s{}-c{}-b{}-p{}-x{}-k{}",
+            self.size, self.consumers, self.batch, self.pipelines, self.processes, self.partitions
         )
+    }
+
+    /// Whether `who` runs this case: everyone on plain streams, only the
+    /// contestants that read families (S, S0) on a partitioned one.
+    pub fn runs(&self, who: Contestant) -> bool {
+        self.partitions == 0 || who.reads_families()
     }
 }
 
@@ -157,6 +183,18 @@ pub struct Plan {
     pub reference: Case,
 }
 
+impl Plan {
+    /// Timed throughput runs: rounds x the contestants each case runs.
+    pub fn runs(&self) -> usize {
+        let per_round: usize = self
+            .cases
+            .iter()
+            .map(|case| self.contestants.iter().filter(|&&c| case.runs(c)).count())
+            .sum();
+        per_round * self.rounds
+    }
+}
+
 /// The knobs a preset sets; command-line flags override them one by one.
 #[derive(Clone, Debug)]
 pub struct Knobs {
@@ -174,6 +212,14 @@ pub struct Knobs {
     pub pipelines: u32,
     /// Processes of the multi-process variant (1 = off).
     pub processes: u32,
+    /// Process counts of the scale-out cases (empty = off): per count, the
+    /// reference case on one stream and on a family of `partitions`.
+    pub scale: Vec<u32>,
+    /// Partitions of the scale-out family cases (0 = one stream only).
+    pub partitions: u32,
+    /// Payload sizes run at the reference consumers and batch only, for the
+    /// cost-against-size curves (sizes in `sizes` are covered already).
+    pub size_sweep: Vec<usize>,
     /// Latency offered rate (0 = off).
     pub latency_rate: u32,
     /// Latency measured seconds.
@@ -198,6 +244,9 @@ impl Knobs {
             rounds: 5,
             pipelines: 1,
             processes: 1,
+            scale: Vec::new(),
+            partitions: DEFAULT_PARTITIONS,
+            size_sweep: Vec::new(),
             latency_rate: 5_000,
             latency_secs: 2.0,
             idle_pipelines: 10,
@@ -216,6 +265,9 @@ impl Knobs {
             rounds: 5,
             pipelines: 10,
             processes: 2,
+            scale: vec![1, 2, 4],
+            partitions: DEFAULT_PARTITIONS,
+            size_sweep: Vec::new(),
             latency_rate: 5_000,
             latency_secs: 3.0,
             idle_pipelines: 10,
@@ -226,8 +278,11 @@ impl Knobs {
 
     /// The cases: per size, a batch sweep at the reference consumer count
     /// and a consumer sweep at the reference batch (a star around the
-    /// reference, not the full cross product, to keep the run short); then
-    /// the multi-pipeline and multi-process variants at the reference.
+    /// reference, not the full cross product, to keep the run short); the
+    /// size sweep at the reference consumers and batch; then the
+    /// multi-pipeline and multi-process variants and the scale-out cases at
+    /// the reference. A case asked for twice (scale 2 and `processes = 2`)
+    /// runs once.
     pub fn plan(self, preset: &'static str) -> Plan {
         let ref_consumers = self.consumers[0];
         let ref_batch = if self.batches.contains(&256) {
@@ -245,29 +300,51 @@ impl Knobs {
             batch,
             pipelines: 1,
             processes: 1,
+            partitions: 0,
             n: n_for(size),
         };
         let mut cases = Vec::new();
+        let mut add = |case: Case| {
+            if !cases.contains(&case) {
+                cases.push(case);
+            }
+        };
         for &size in &self.sizes {
             for &batch in &self.batches {
-                cases.push(case(size, ref_consumers, batch));
+                add(case(size, ref_consumers, batch));
             }
             for &consumers in &self.consumers[1..] {
-                cases.push(case(size, consumers, ref_batch));
+                add(case(size, consumers, ref_batch));
             }
+        }
+        for &size in &self.size_sweep {
+            add(case(size, ref_consumers, ref_batch));
         }
         let reference = case(self.sizes[0], ref_consumers, ref_batch);
         if self.pipelines > 1 {
-            cases.push(Case {
+            add(Case {
                 pipelines: self.pipelines,
                 ..reference.clone()
             });
         }
         if self.processes > 1 {
-            cases.push(Case {
+            add(Case {
                 processes: self.processes,
                 ..reference.clone()
             });
+        }
+        for &processes in self.scale.iter().filter(|&&p| p > 0) {
+            add(Case {
+                processes,
+                ..reference.clone()
+            });
+            if self.partitions > 0 {
+                add(Case {
+                    processes,
+                    partitions: self.partitions,
+                    ..reference.clone()
+                });
+            }
         }
         Plan {
             preset,
@@ -285,6 +362,10 @@ impl Knobs {
         }
     }
 }
+
+/// Partitions of the scale-out family cases: enough that every process of
+/// the largest scale-out (4) reads more than one.
+pub const DEFAULT_PARTITIONS: u32 = 8;
 
 /// Messages per run for a payload size: 200k (the fastest contestant
 /// needs about half a second, long against the 10 ms CPU tick), fewer for
@@ -317,10 +398,101 @@ mod tests {
                 "4 KiB, c4, b256",
                 "100 B, c1, b256, 10 pipelines",
                 "100 B, c1, b256, 2 processes",
+                // Scale-out: 1 and 2 processes on one stream ran already.
+                "100 B, c1, b256, 1 process, 8 partitions",
+                "100 B, c1, b256, 2 processes, 8 partitions",
+                "100 B, c1, b256, 4 processes",
+                "100 B, c1, b256, 4 processes, 8 partitions",
             ]
         );
         assert_eq!(plan.cases[0].n, 200_000);
         assert_eq!(plan.cases[5].n, 40_960);
+    }
+
+    #[test]
+    fn the_curves_knobs_compose_with_the_full_preset() {
+        // --full --consumers 1,2,4,8 --size-sweep 100,1024,4096,16384,65536 --scale 1,2,4
+        let knobs = Knobs {
+            consumers: vec![1, 2, 4, 8],
+            size_sweep: vec![100, 1024, 4096, 16384, 65536],
+            scale: vec![1, 2, 4],
+            ..Knobs::full()
+        };
+        let plan = knobs.plan("full");
+        let labels: Vec<String> = plan.cases.iter().map(Case::label).collect();
+        // The star per size, now with c8; the sweep adds only the sizes
+        // the star did not cover, each at the reference c1, b256.
+        assert_eq!(
+            labels[..15],
+            [
+                "100 B, c1, b16",
+                "100 B, c1, b256",
+                "100 B, c1, b1024",
+                "100 B, c2, b256",
+                "100 B, c4, b256",
+                "100 B, c8, b256",
+                "4 KiB, c1, b16",
+                "4 KiB, c1, b256",
+                "4 KiB, c1, b1024",
+                "4 KiB, c2, b256",
+                "4 KiB, c4, b256",
+                "4 KiB, c8, b256",
+                "1 KiB, c1, b256",
+                "16 KiB, c1, b256",
+                "64 KiB, c1, b256",
+            ]
+        );
+        assert_eq!(plan.cases.len(), 15 + 2 + 4);
+        // 18 plain cases x 5 contestants + 3 family cases x S, S0; 5 rounds.
+        assert_eq!(plan.runs(), (18 * 5 + 3 * 2) * 5);
+        let n = |label: &str| plan.cases[labels.iter().position(|l| l == label).unwrap()].n;
+        assert_eq!(n("64 KiB, c1, b256"), 2_560);
+        assert_eq!(n("16 KiB, c1, b256"), 10_240);
+        let families: Vec<&Case> = plan.cases.iter().filter(|c| c.partitions > 0).collect();
+        assert_eq!(families.len(), 3);
+        assert!(families.iter().all(|c| c.partitions == 8 && c.size == 100));
+    }
+
+    #[test]
+    fn partitioned_cases_run_only_the_family_readers() {
+        let knobs = Knobs {
+            scale: vec![1, 4],
+            partitions: 16,
+            ..Knobs::quick()
+        };
+        let plan = knobs.plan("quick");
+        let labels: Vec<String> = plan.cases.iter().map(Case::label).collect();
+        assert_eq!(
+            labels,
+            [
+                "100 B, c1, b256",
+                "100 B, c4, b256",
+                "100 B, c1, b256, 1 process, 16 partitions",
+                "100 B, c1, b256, 4 processes",
+                "100 B, c1, b256, 4 processes, 16 partitions",
+            ]
+        );
+        let family = &plan.cases[2];
+        let runs: Vec<&str> = Contestant::ALL
+            .iter()
+            .filter(|&&c| family.runs(c))
+            .map(|c| c.label())
+            .collect();
+        assert_eq!(runs, ["S", "S0"]);
+        assert!(Contestant::ALL.iter().all(|&c| plan.cases[3].runs(c)));
+        assert_ne!(family.slug(), plan.cases[0].slug());
+    }
+
+    #[test]
+    fn zero_partitions_scale_one_stream_only() {
+        let knobs = Knobs {
+            scale: vec![0, 2],
+            partitions: 0,
+            ..Knobs::quick()
+        };
+        let plan = knobs.plan("quick");
+        assert_eq!(plan.cases.len(), 3);
+        assert_eq!(plan.cases[2].label(), "100 B, c1, b256, 2 processes");
     }
 
     #[test]

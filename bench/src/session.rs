@@ -44,12 +44,25 @@ impl Session {
         (self.log.results, self.log.failed)
     }
 
+    /// Every case, round by round. A contestant that cannot run a case (L,
+    /// L+ and P on a partitioned family) is left out of its results, not
+    /// failed: the report shows "-" there.
     fn throughput(&mut self) {
         let plan = &self.plan;
-        let total = plan.cases.len() * plan.rounds * plan.contestants.len();
+        let total = plan.runs();
         let mut done = 0;
         for case in &plan.cases {
-            let mut by: ByContestant = plan.contestants.iter().map(|&c| (c, Vec::new())).collect();
+            let (runs, skipped): (Vec<Contestant>, Vec<Contestant>) =
+                plan.contestants.iter().partition(|&&c| case.runs(c));
+            if !skipped.is_empty() {
+                let names: Vec<&str> = skipped.iter().map(|c| c.label()).collect();
+                eprintln!(
+                    "{}: skipping {} (they do not read stream families)",
+                    case.label(),
+                    names.join(", ")
+                );
+            }
+            let mut by: ByContestant = runs.into_iter().map(|c| (c, Vec::new())).collect();
             for round in 1..=plan.rounds {
                 for (who, runs) in &mut by {
                     done += 1;

@@ -27,12 +27,21 @@ pub fn write_pipelines(
 
 /// The pipeline file of pipeline `i`. `start = "0"` reads the preloaded
 /// backlog (the group already exists; sluice finds it and starts there).
+/// In a partitioned case the stream is the family's name and `partitions`
+/// makes sluice read every `bench:in:<i>:{k}`, each with `consumers`
+/// consumers of its own.
 fn pipeline_toml(i: u32, case: &Case, plugin: Option<&Path>, block_ms: u64) -> String {
+    let partitions = if case.partitions > 0 {
+        format!("partitions = {}\n", case.partitions)
+    } else {
+        String::new()
+    };
     let mut toml = format!(
         "name = \"bench-{i}\"\n\n\
          [source]\n\
          type = \"stream\"\n\
          stream = \"{source}\"\n\
+         {partitions}\
          group = \"{GROUP}\"\n\
          consumers = {consumers}\n\
          batch = {batch}\n\
@@ -79,6 +88,7 @@ mod tests {
             batch: 16,
             pipelines: 10,
             processes: 1,
+            partitions: 0,
             n: 1,
         };
         let with = pipeline_toml(3, &case, Some(Path::new("/p/up.wasm")), 100);
@@ -88,5 +98,22 @@ mod tests {
         assert!(with.contains("stream = \"bench:out:3\""));
         let without = pipeline_toml(0, &case, None, 100);
         assert!(!without.contains("[[processor]]"));
+        assert!(!without.contains("partitions"));
+    }
+
+    #[test]
+    fn a_family_case_reads_the_partitions() {
+        let case = Case {
+            size: 100,
+            consumers: 1,
+            batch: 256,
+            pipelines: 1,
+            processes: 2,
+            partitions: 8,
+            n: 1,
+        };
+        let toml = pipeline_toml(0, &case, None, 100);
+        assert!(toml.contains("stream = \"bench:in:0\"\npartitions = 8\ngroup = \"bench\"\n"));
+        assert!(toml.contains("stream = \"bench:out:0\""));
     }
 }

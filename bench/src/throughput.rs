@@ -59,7 +59,13 @@ pub fn run(
     block_ms: u64,
 ) -> Result<(Throughput, Vec<String>)> {
     let mut conn = redis.connect()?;
-    workload::preload(&mut conn, case.pipelines, case.n, case.size)?;
+    workload::preload(
+        &mut conn,
+        case.pipelines,
+        case.partitions,
+        case.n,
+        case.size,
+    )?;
     let mut running = contestant::start(who, case, tools, redis.url(), block_ms)?;
     let measured = measure(&mut conn, redis.pid(), &mut running, case);
     let mut problems = running.stop();
@@ -92,7 +98,7 @@ fn measure(
     let (mut seen, mut progressed) = (first, Instant::now());
     loop {
         let out = workload::outputs(conn, case.pipelines)?;
-        if out >= case.n && workload::pending(conn, case.pipelines)? == 0 {
+        if out >= case.n && workload::pending(conn, case.pipelines, case.partitions)? == 0 {
             break;
         }
         if out != seen {

@@ -3,7 +3,10 @@
 //!
 //! Pipeline `i` reads `bench:in:<i>` in group `bench` and writes
 //! `bench:out:<i>`. Each message has one field, `payload`: lowercase ASCII
-//! that every contestant uppercases (S0 passes it through).
+//! that every contestant uppercases (S0 passes it through). In a
+//! partitioned case pipeline `i` reads the family `bench:in:<i>` instead:
+//! the keys `bench:in:<i>:{0}` .. `bench:in:<i>:{P-1}`, all in group
+//! `bench`, and still writes the one stream `bench:out:<i>`.
 
 use anyhow::Result;
 use redis::{Connection, Value};
@@ -20,6 +23,28 @@ pub const FIELD: &str = "payload";
 /// Source stream of pipeline `i`.
 pub fn source_key(i: u32) -> String {
     format!("{SOURCE_PREFIX}:{i}")
+}
+
+/// Partition `k` of pipeline `i`'s source family: the key sluice reads for
+/// `stream = "bench:in:<i>"` with `partitions` (the runtime's
+/// `partition_key`, `family:{k}`).
+pub fn partition_key(i: u32, k: u32) -> String {
+    format!("{}:{{{k}}}", source_key(i))
+}
+
+/// The keys pipeline `i` reads: its stream, or with `partitions > 0` every
+/// partition of its family.
+pub fn source_keys(i: u32, partitions: u32) -> Vec<String> {
+    if partitions == 0 {
+        vec![source_key(i)]
+    } else {
+        (0..partitions).map(|k| partition_key(i, k)).collect()
+    }
+}
+
+/// The keys of every pipeline, in pipeline order.
+fn all_source_keys(pipelines: u32, partitions: u32) -> impl Iterator<Item = String> {
+    (0..pipelines).flat_map(move |i| source_keys(i, partitions))
 }
 
 /// Sink stream of pipeline `i`.
@@ -61,22 +86,29 @@ impl Payloads {
     }
 }
 
-/// Empties Redis, fills each of the `pipelines` source streams with its
-/// share of `n` messages (pipelined XADD), and creates the groups at `0` so
-/// the contestant starts with the whole backlog.
-pub fn preload(conn: &mut Connection, pipelines: u32, n: u64, size: usize) -> Result<()> {
+/// Empties Redis, fills each of the `pipelines` sources with its share of
+/// `n` messages (pipelined XADD; round-robin over the partitions of a
+/// family, so every partition holds the same backlog), and creates the
+/// groups at `0` so the contestant starts with the whole backlog.
+pub fn preload(
+    conn: &mut Connection,
+    pipelines: u32,
+    partitions: u32,
+    n: u64,
+    size: usize,
+) -> Result<()> {
     redis::cmd("FLUSHALL").exec(conn)?;
     const CHUNK: u64 = 1_000;
     let payloads = Payloads::new(size);
     for i in 0..pipelines {
-        let key = source_key(i);
+        let keys = source_keys(i, partitions);
         let share = share(n, pipelines, i);
         let mut done = 0;
         while done < share {
             let mut pipe = redis::pipe();
             for m in done..share.min(done + CHUNK) {
                 pipe.cmd("XADD")
-                    .arg(&key)
+                    .arg(&keys[(m % keys.len() as u64) as usize])
                     .arg("*")
                     .arg(FIELD)
                     .arg(payloads.get(m))
@@ -86,7 +118,7 @@ pub fn preload(conn: &mut Connection, pipelines: u32, n: u64, size: usize) -> Re
             done = share.min(done + CHUNK);
         }
     }
-    create_groups(conn, pipelines)
+    create_groups(conn, pipelines, partitions)
 }
 
 /// Pipeline `i`'s share of `n` messages split across `pipelines`.
@@ -95,12 +127,13 @@ pub fn share(n: u64, pipelines: u32, i: u32) -> u64 {
     n / p + u64::from(u64::from(i) < n % p)
 }
 
-/// Creates group [`GROUP`] at `0` on every source (and the stream if missing).
-pub fn create_groups(conn: &mut Connection, pipelines: u32) -> Result<()> {
-    for i in 0..pipelines {
+/// Creates group [`GROUP`] at `0` on every source key, each partition of a
+/// family included (and the stream if missing).
+pub fn create_groups(conn: &mut Connection, pipelines: u32, partitions: u32) -> Result<()> {
+    for key in all_source_keys(pipelines, partitions) {
         redis::cmd("XGROUP")
             .arg("CREATE")
-            .arg(source_key(i))
+            .arg(key)
             .arg(GROUP)
             .arg("0")
             .arg("MKSTREAM")
@@ -119,11 +152,13 @@ pub fn outputs(conn: &mut Connection, pipelines: u32) -> Result<u64> {
     Ok(lens.iter().sum())
 }
 
-/// Entries read but not yet acked, over all groups.
-pub fn pending(conn: &mut Connection, pipelines: u32) -> Result<u64> {
+/// Entries read but not yet acked, over all groups: of every partition
+/// too, or a family's run would count as done while a partition still has
+/// unacked entries.
+pub fn pending(conn: &mut Connection, pipelines: u32, partitions: u32) -> Result<u64> {
     let mut pipe = redis::pipe();
-    for i in 0..pipelines {
-        pipe.cmd("XPENDING").arg(source_key(i)).arg(GROUP);
+    for key in all_source_keys(pipelines, partitions) {
+        pipe.cmd("XPENDING").arg(key).arg(GROUP);
     }
     // XPENDING summary: [count, first id, last id, per-consumer counts].
     let summaries: Vec<Value> = pipe.query(conn)?;
@@ -208,6 +243,25 @@ mod tests {
         assert!(p.get(0).iter().all(u8::is_ascii_lowercase));
         assert_eq!(p.get(7).len(), 100);
         assert_ne!(p.get(0), p.get(1));
+    }
+
+    #[test]
+    fn family_keys_are_the_runtimes_partition_keys() {
+        assert_eq!(source_keys(3, 0), ["bench:in:3"]);
+        assert_eq!(
+            source_keys(0, 3),
+            ["bench:in:0:{0}", "bench:in:0:{1}", "bench:in:0:{2}"]
+        );
+        let all: Vec<String> = all_source_keys(2, 2).collect();
+        assert_eq!(
+            all,
+            [
+                "bench:in:0:{0}",
+                "bench:in:0:{1}",
+                "bench:in:1:{0}",
+                "bench:in:1:{1}"
+            ]
+        );
     }
 
     #[test]
