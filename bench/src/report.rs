@@ -131,6 +131,7 @@ impl Results {
         self.header(&mut md);
         self.ratios(&mut md);
         self.throughput_table(&mut md);
+        self.scale_table(&mut md);
         self.latency_table(&mut md);
         self.idle_table(&mut md);
         let plots = self.plots(plots_dir)?;
@@ -328,35 +329,148 @@ impl Results {
         }
     }
 
-    /// Throughput against batch size and against consumers, per payload
-    /// size, the other axis held at the reference case. Returns (title, file).
-    fn plots(&self, dir: &Path) -> Result<Vec<(String, String)>> {
+    /// The reference shape on one pipeline at every process count and
+    /// layout that ran, ordered one stream first, then by partitions and
+    /// processes. Empty when nothing was scaled (only the reference ran).
+    fn scale_cases(&self) -> Vec<&Case> {
+        let r = &self.plan.reference;
+        let mut cases: Vec<&Case> = self
+            .throughput
+            .iter()
+            .map(|(c, _)| c)
+            .filter(|c| {
+                (c.size, c.consumers, c.batch, c.pipelines) == (r.size, r.consumers, r.batch, 1)
+            })
+            .collect();
+        cases.sort_by_key(|c| (c.partitions, c.processes));
+        if cases.iter().all(|c| c.processes == 1 && c.partitions == 0) {
+            return Vec::new();
+        }
+        cases
+    }
+
+    fn scale_table(&self, md: &mut String) {
+        let cases = self.scale_cases();
+        if cases.is_empty() {
+            return;
+        }
+        let _ = write!(
+            md,
+            "\n## Scale-out: processes on one group\n\n\
+             The reference case ({}) run by 1 or more processes joining the same consumer group, on one stream \
+             and on a family of partitioned streams (`stream` + `partitions`, each partition read by its own \
+             consumers in every process). L, L+ and P do not read families, so partitioned rows have S and S0 only. \
+             `vs 1 process` is the contestant's median over its own median with 1 process in the same layout. \
+             CPU is consumer CPU s per M messages, all processes together. All processes share the machine's cores \
+             with redis-server: more processes cannot add CPU, only overlap more round trips to Redis.\n\n\
+             | layout | processes | L+ msg/s | S msg/s | S0 msg/s | S vs 1 process | S0 vs 1 process | CPU L+ | CPU S | CPU S0 |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            self.plan.reference.label()
+        );
+        for case in &cases {
+            let one = cases
+                .iter()
+                .find(|c| c.partitions == case.partitions && c.processes == 1);
+            let rate = |who| self.summary(case, who).map(|s| s.rate);
+            let rate_cell = |who| rate(who).map_or("-".into(), thousands);
+            let relative = |who| {
+                let base = self.summary(one?, who)?.rate;
+                let this = rate(who)?;
+                (base > 0.0).then_some(this / base)
+            };
+            let relative_cell = |who| relative(who).map_or("-".into(), |r| format!("{r:.2}"));
+            let cpu_cell = |who| {
+                self.summary(case, who)
+                    .map_or("-".into(), |s| format!("{:.2}", s.consumer_cpu))
+            };
+            let layout = match case.partitions {
+                0 => "one stream".to_string(),
+                n => format!("{n} partitions"),
+            };
+            let (lp, s, s0) = (Contestant::LPlus, Contestant::S, Contestant::S0);
+            let _ = writeln!(
+                md,
+                "| {layout} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                case.processes,
+                rate_cell(lp),
+                rate_cell(s),
+                rate_cell(s0),
+                relative_cell(s),
+                relative_cell(s0),
+                cpu_cell(lp),
+                cpu_cell(s),
+                cpu_cell(s0),
+            );
+        }
+    }
+
+    /// The curves to plot: per payload size, against batch and against
+    /// consumers with the other knob at the reference; and against payload
+    /// size at the reference consumers and batch. Only one-process,
+    /// one-pipeline, one-stream cases, so a curve moves one knob. A curve
+    /// needs two points.
+    fn curves(&self) -> Vec<Curve<'_>> {
         let reference = &self.plan.reference;
-        let mut sizes: Vec<usize> = self.throughput.iter().map(|(c, _)| c.size).collect();
+        let plain = || {
+            self.throughput
+                .iter()
+                .map(|(c, _)| c)
+                .filter(|c| c.pipelines == 1 && c.processes == 1 && c.partitions == 0)
+        };
+        let mut sizes: Vec<usize> = plain().map(|c| c.size).collect();
         sizes.sort_unstable();
         sizes.dedup();
-        let mut written = Vec::new();
-        for size in sizes {
+        let mut curves = Vec::new();
+        for &size in &sizes {
             for axis in &AXES {
-                let mut cases: Vec<&Case> = self
-                    .throughput
-                    .iter()
-                    .map(|(c, _)| c)
-                    .filter(|c| c.size == size && c.pipelines == 1 && c.processes == 1)
-                    .filter(|c| (axis.held)(c) == (axis.held)(reference))
+                let mut cases: Vec<&Case> = plain()
+                    .filter(|c| c.size == size && (axis.held)(c) == (axis.held)(reference))
                     .collect();
                 cases.sort_by_key(|c| (axis.x)(c));
-                if cases.len() < 2 {
-                    continue;
-                }
-                let title = format!(
-                    "Throughput vs {}, {}, {} {}",
-                    axis.name,
-                    size_label(size),
-                    axis.held_name,
-                    (axis.held)(reference)
-                );
-                let xs: Vec<String> = cases.iter().map(|c| (axis.x)(c).to_string()).collect();
+                curves.push(Curve {
+                    name: axis.name,
+                    file: format!("{}-{}", axis.name, size_label(size).replace(' ', "")),
+                    held: format!(
+                        "{}, {} {}",
+                        size_label(size),
+                        axis.held_name,
+                        (axis.held)(reference)
+                    ),
+                    x_label: axis.label,
+                    xs: cases.iter().map(|c| (axis.x)(c).to_string()).collect(),
+                    cases,
+                });
+            }
+        }
+        let mut cases: Vec<&Case> = plain()
+            .filter(|c| (c.consumers, c.batch) == (reference.consumers, reference.batch))
+            .collect();
+        cases.sort_by_key(|c| c.size);
+        curves.push(Curve {
+            name: "payload size",
+            file: "size".into(),
+            held: format!(
+                "consumers {}, batch {}",
+                reference.consumers, reference.batch
+            ),
+            // Categories, evenly spaced: the sweep's sizes grow about 4x a
+            // step, so this reads as a log axis.
+            x_label: "payload size (log scale)",
+            xs: cases.iter().map(|c| size_label(c.size)).collect(),
+            cases,
+        });
+        curves.retain(|c| c.cases.len() >= 2);
+        curves
+    }
+
+    /// Writes, per curve, throughput and its twin, consumer CPU per
+    /// message, for every contestant (a gap where one did not run).
+    /// Returns (title, file).
+    fn plots(&self, dir: &Path) -> Result<Vec<(String, String)>> {
+        let mut written = Vec::new();
+        for curve in self.curves() {
+            for metric in &METRICS {
+                let title = format!("{} vs {}, {}", metric.title, curve.name, curve.held);
                 let series: Vec<Series> = self
                     .plan
                     .contestants
@@ -364,22 +478,19 @@ impl Results {
                     .map(|&who| Series {
                         name: who.label(),
                         colour: who.colour(),
-                        values: cases
+                        values: curve
+                            .cases
                             .iter()
-                            .map(|c| self.summary(c, who).map(|s| s.rate))
+                            .map(|c| self.summary(c, who).map(|s| (metric.value)(&s)))
                             .collect(),
                     })
                     .collect();
-                let file = format!(
-                    "throughput-vs-{}-{}.svg",
-                    axis.name,
-                    size_label(size).replace(' ', "")
-                );
+                let file = format!("{}-vs-{}.svg", metric.file, curve.file);
                 std::fs::create_dir_all(dir)?;
                 let path = dir.join(&file);
                 std::fs::write(
                     &path,
-                    svg::line_chart(&title, axis.label, &xs, "messages / s", &series),
+                    svg::line_chart(&title, curve.x_label, &curve.xs, metric.y_label, &series),
                 )
                 .with_context(|| format!("writing {}", path.display()))?;
                 written.push((title, file));
@@ -388,6 +499,47 @@ impl Results {
         Ok(written)
     }
 }
+
+/// A set of cases that differ in one knob, for a plot.
+struct Curve<'a> {
+    /// The knob on x, for the title.
+    name: &'static str,
+    /// The file name's part after `<metric>-vs-`.
+    file: String,
+    /// What is held fixed, for the title.
+    held: String,
+    /// The x axis label.
+    x_label: &'static str,
+    /// The cases in x order.
+    cases: Vec<&'a Case>,
+    /// Their x categories.
+    xs: Vec<String>,
+}
+
+/// What a plot shows on y.
+struct Metric {
+    title: &'static str,
+    file: &'static str,
+    y_label: &'static str,
+    value: fn(&Summary) -> f64,
+}
+
+/// Throughput, and what each message costs the consumer in CPU (CPU s per
+/// M messages is µs per message).
+const METRICS: [Metric; 2] = [
+    Metric {
+        title: "Throughput",
+        file: "throughput",
+        y_label: "messages / s",
+        value: |s| s.rate,
+    },
+    Metric {
+        title: "Consumer CPU per message",
+        file: "cpu",
+        y_label: "consumer CPU µs / message",
+        value: |s| s.consumer_cpu,
+    },
+];
 
 /// One plot axis: the knob on x, and the knob held at the reference.
 struct Axis {
@@ -437,6 +589,7 @@ pub fn thousands(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::Knobs;
 
     fn run(rate: f64) -> Option<Throughput> {
         Some(Throughput {
@@ -501,9 +654,115 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sluice-bench-test-{}", std::process::id()));
         let md = results().render(&dir, "plots").unwrap();
         assert_eq!(md.matches("![Throughput vs consumers, 100 B").count(), 1);
+        assert_eq!(
+            md.matches("![Consumer CPU per message vs consumers, 100 B")
+                .count(),
+            1
+        );
         assert!(md.contains("| 100 B, c1, b256 | 200,000 | 75 (L) | 1.00 | 0.50 |"));
         assert!(dir.join("throughput-vs-consumers-100B.svg").is_file());
+        assert!(dir.join("cpu-vs-consumers-100B.svg").is_file());
+        // Nothing scaled, one size: no scale-out section, no size curve.
+        assert!(!md.contains("## Scale-out"));
+        assert!(!md.contains("vs payload size"));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Results of `knobs` where every contestant that runs a case has the
+    /// same rounds: `rate(case, who)`, CPU 2.0 s/M.
+    fn filled(knobs: Knobs, rate: impl Fn(&Case, Contestant) -> f64) -> Results {
+        let mut r = results();
+        r.plan = knobs.plan("test");
+        r.throughput.clear();
+        for case in &r.plan.cases {
+            let by = r
+                .plan
+                .contestants
+                .iter()
+                .filter(|&&who| case.runs(who))
+                .map(|&who| {
+                    let t = Throughput {
+                        rate: rate(case, who),
+                        consumer_cpu: 2.0,
+                        redis_cpu: 1.0,
+                        peak_kib: 1024,
+                    };
+                    (who, vec![Some(t.clone()), Some(t)])
+                })
+                .collect();
+            r.throughput.push((case.clone(), by));
+        }
+        r
+    }
+
+    #[test]
+    fn scale_out_rows_compare_each_layout_with_its_own_one_process() {
+        let knobs = Knobs {
+            scale: vec![1, 2],
+            partitions: 4,
+            contestants: Contestant::ALL.to_vec(),
+            latency_rate: 0,
+            idle_pipelines: 0,
+            ..Knobs::quick()
+        };
+        // One stream: 100 per process; a family: 150 per process.
+        let r = filled(knobs, |c, _| {
+            let per = if c.partitions > 0 { 150.0 } else { 100.0 };
+            per * f64::from(c.processes)
+        });
+        let dir = std::env::temp_dir().join(format!("sluice-bench-scale-{}", std::process::id()));
+        let md = r.render(&dir, "plots").unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        let section = &md[md.find("## Scale-out: processes on one group").unwrap()..];
+        let rows: Vec<&str> = section
+            .lines()
+            .filter(|l| l.starts_with("| one stream") || l.starts_with("| 4 partitions"))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                "| one stream | 1 | 100 | 100 | 100 | 1.00 | 1.00 | 2.00 | 2.00 | 2.00 |",
+                "| one stream | 2 | 200 | 200 | 200 | 2.00 | 2.00 | 2.00 | 2.00 | 2.00 |",
+                "| 4 partitions | 1 | - | 150 | 150 | 1.00 | 1.00 | - | 2.00 | 2.00 |",
+                "| 4 partitions | 2 | - | 300 | 300 | 2.00 | 2.00 | - | 2.00 | 2.00 |",
+            ]
+        );
+        // A family case has no limit: every ratio is "-", not a crash.
+        assert!(md.contains(
+            "| 100 B, c1, b256, 1 process, 4 partitions | 200,000 | - | - | - | - | - | - |"
+        ));
+    }
+
+    #[test]
+    fn curves_against_consumers_and_size_leave_scaled_cases_out() {
+        let knobs = Knobs {
+            consumers: vec![1, 2, 4, 8],
+            size_sweep: vec![100, 1024, 4096, 16384, 65536],
+            scale: vec![1, 2],
+            ..Knobs::full()
+        };
+        let r = filled(knobs, |c, _| 1e6 / c.size as f64);
+        let curves = r.curves();
+        let names: Vec<String> = curves
+            .iter()
+            .map(|c| format!("{} {}: {}", c.name, c.held, c.xs.join(",")))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "batch 100 B, consumers 1: 16,256,1024",
+                "consumers 100 B, batch 256: 1,2,4,8",
+                "batch 4 KiB, consumers 1: 16,256,1024",
+                "consumers 4 KiB, batch 256: 1,2,4,8",
+                "payload size consumers 1, batch 256: 100 B,1 KiB,4 KiB,16 KiB,64 KiB",
+            ]
+        );
+        let dir = std::env::temp_dir().join(format!("sluice-bench-curves-{}", std::process::id()));
+        let md = r.render(&dir, "plots").unwrap();
+        assert!(dir.join("throughput-vs-size.svg").is_file());
+        assert!(dir.join("cpu-vs-size.svg").is_file());
+        assert_eq!(md.matches("![").count(), 2 * names.len());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
