@@ -246,9 +246,13 @@ impl Results {
                 let vs = self
                     .ratio_to_limit(case, *who)
                     .map_or("-".into(), |r| format!("{r:.2}"));
-                let cpu_vs = limit.as_ref().map_or("-".into(), |l| {
-                    format!("{:.2}", s.consumer_cpu / l.consumer_cpu)
-                });
+                // A limit under one CPU tick measures 0 s: no ratio, not NaN.
+                let cpu_vs = limit
+                    .as_ref()
+                    .filter(|l| l.consumer_cpu > 0.0)
+                    .map_or("-".into(), |l| {
+                        format!("{:.2}", s.consumer_cpu / l.consumer_cpu)
+                    });
                 let _ = writeln!(
                     md,
                     "| {} | {} | {} | {}-{} | {vs} | {:.2} | {cpu_vs} | {:.2} | {:.1} | {} |",
@@ -728,6 +732,7 @@ mod tests {
             ]
         );
         // A family case has no limit: every ratio is "-", not a crash.
+        assert!(!md.contains("NaN") && !md.contains("inf"));
         assert!(md.contains(
             "| 100 B, c1, b256, 1 process, 4 partitions | 200,000 | - | - | - | - | - | - |"
         ));
@@ -763,6 +768,20 @@ mod tests {
         assert!(dir.join("cpu-vs-size.svg").is_file());
         assert_eq!(md.matches("![").count(), 2 * names.len());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_limit_below_one_cpu_tick_gives_no_cpu_ratio() {
+        let mut r = results();
+        for (_, by) in &mut r.throughput {
+            for t in by[0].1.iter_mut().flatten() {
+                t.consumer_cpu = 0.0;
+            }
+        }
+        let mut md = String::new();
+        r.throughput_table(&mut md);
+        assert!(!md.contains("NaN"));
+        assert!(md.contains("| 100 B, c1, b256 | S | 40 | 25-50 | 0.50 | 1.00 | - |"));
     }
 
     #[test]
