@@ -84,8 +84,8 @@ struct RunArgs {
     #[arg(long, conflicts_with = "full")]
     quick: bool,
     /// Every variant: 100 B and 4 KiB, batch 16/256/1024, 1/2/4 consumers,
-    /// 10 pipelines, 2 processes, scale-out over 1/2/4 processes; about
-    /// 15 minutes on 2 cores.
+    /// 10 pipelines, 2 processes, scale-out over 1/2/4 processes; 10 to 30
+    /// minutes on 2 cores.
     #[arg(long)]
     full: bool,
     /// Payload sizes in bytes, e.g. 100,4096.

@@ -255,7 +255,7 @@ impl Knobs {
         }
     }
 
-    /// Every variant; about 8 minutes on 2 cores.
+    /// Every variant, scale-out included; 10 to 30 minutes on 2 cores.
     pub fn full() -> Self {
         Knobs {
             sizes: vec![100, 4096],
