@@ -118,10 +118,14 @@ impl Reader {
     ) -> Result<()> {
         let mut free: Vec<Batch> = Vec::new();
         let mut acks: Vec<Batch> = Vec::new();
+        // Batches handed to the worker and not yet back.
+        let mut in_flight = 0usize;
         let (count, block) = (self.batch.to_string(), self.block_ms.to_string());
         loop {
             // Batches the worker wrote and confirmed: ack them with this read.
+            let waiting = acks.len();
             acks.extend(finished.try_iter());
+            in_flight -= acks.len() - waiting;
             if STOP.load(Ordering::Relaxed) {
                 drop(to_worker);
                 // The worker drains what it holds, then hangs up.
@@ -136,7 +140,10 @@ impl Reader {
             free.append(&mut acks);
             let mut batch = free.pop().unwrap_or_default();
             batch.clear();
-            self.conn.command(&[
+            // Block only with nothing in flight: a blocked read would hold
+            // the acks of batches the worker finishes meanwhile for up to
+            // block_ms, as sluice does not.
+            let read: &[&[u8]] = &[
                 b"XREADGROUP",
                 b"GROUP",
                 self.group.as_bytes(),
@@ -148,7 +155,12 @@ impl Reader {
                 b"STREAMS",
                 self.source.as_bytes(),
                 b">",
-            ]);
+            ];
+            if in_flight == 0 {
+                self.conn.command(read);
+            } else {
+                self.conn.command(&[&read[..6], &read[8..]].concat());
+            }
             self.conn.flush()?;
             if acked {
                 self.conn.integer()?;
@@ -156,8 +168,20 @@ impl Reader {
             self.conn.read_entries(&mut batch)?;
             if batch.entries.is_empty() {
                 free.push(batch);
+                if in_flight > 0 {
+                    // Nothing new: wait for the worker, then ack with the next read.
+                    match finished.recv() {
+                        Ok(done) => {
+                            in_flight -= 1;
+                            acks.push(done);
+                        }
+                        Err(_) => bail!("the worker of {} stopped", self.consumer),
+                    }
+                }
             } else if to_worker.send(batch).is_err() {
                 bail!("the worker of {} stopped", self.consumer);
+            } else {
+                in_flight += 1;
             }
         }
     }

@@ -128,6 +128,10 @@ struct RunArgs {
     /// Latency: measured seconds per round.
     #[arg(long)]
     latency_secs: Option<f64>,
+    /// Latency: skip the second point, at half of L+'s saturation
+    /// throughput on the reference case.
+    #[arg(long)]
+    no_latency_half: bool,
     /// Idle memory with this many pipelines (0 = skip).
     #[arg(long)]
     idle_pipelines: Option<u32>,
@@ -196,6 +200,9 @@ impl RunArgs {
             block_ms,
             contestants
         );
+        if self.no_latency_half {
+            k.latency_half = false;
+        }
         if self.n.is_some() {
             k.n = self.n;
         }

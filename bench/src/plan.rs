@@ -159,6 +159,8 @@ pub struct LatencyPlan {
     pub secs: f64,
     /// The shape the consumers run with (its `n` is unused).
     pub case: Case,
+    /// How the rate was chosen, for the report: empty for a fixed rate.
+    pub origin: String,
 }
 
 /// Everything one invocation runs.
@@ -174,6 +176,9 @@ pub struct Plan {
     pub contestants: Vec<Contestant>,
     /// Latency at a fixed rate, if asked.
     pub latency: Option<LatencyPlan>,
+    /// Also measure latency at half of L+'s saturation throughput on the
+    /// reference case (known once that case has run).
+    pub latency_half: bool,
     /// Pipelines of the idle-memory measurement, if asked.
     pub idle_pipelines: Option<u32>,
     /// XREADGROUP BLOCK of every contestant. It only matters when a consumer
@@ -224,6 +229,8 @@ pub struct Knobs {
     pub latency_rate: u32,
     /// Latency measured seconds.
     pub latency_secs: f64,
+    /// Latency also at half of L+'s saturation throughput.
+    pub latency_half: bool,
     /// Idle-memory pipelines (0 = off).
     pub idle_pipelines: u32,
     /// XREADGROUP BLOCK.
@@ -249,6 +256,7 @@ impl Knobs {
             size_sweep: Vec::new(),
             latency_rate: 5_000,
             latency_secs: 2.0,
+            latency_half: true,
             idle_pipelines: 10,
             block_ms: 100,
             contestants: Contestant::ALL.to_vec(),
@@ -270,6 +278,7 @@ impl Knobs {
             size_sweep: Vec::new(),
             latency_rate: 5_000,
             latency_secs: 3.0,
+            latency_half: true,
             idle_pipelines: 10,
             block_ms: 100,
             contestants: Contestant::ALL.to_vec(),
@@ -350,11 +359,15 @@ impl Knobs {
             preset,
             cases,
             rounds: self.rounds.max(1),
+            latency_half: self.latency_half
+                && self.latency_rate > 0
+                && self.contestants.contains(&Contestant::LPlus),
             contestants: self.contestants,
             latency: (self.latency_rate > 0).then(|| LatencyPlan {
                 rate: self.latency_rate,
                 secs: self.latency_secs,
                 case: reference.clone(),
+                origin: String::new(),
             }),
             idle_pipelines: (self.idle_pipelines > 0).then_some(self.idle_pipelines),
             block_ms: self.block_ms,

@@ -4,7 +4,7 @@
 use crate::idle::Idle;
 use crate::latency::Latency;
 use crate::machine::Machine;
-use crate::plan::{Case, Contestant, Plan, size_label};
+use crate::plan::{Case, Contestant, LatencyPlan, Plan, size_label};
 use crate::stats::median;
 use crate::svg::{self, Series};
 use crate::throughput::Throughput;
@@ -25,13 +25,16 @@ pub struct Results {
     pub command: String,
     /// Per case, per contestant: the rounds.
     pub throughput: Vec<(Case, ByContestant)>,
-    /// Per contestant, its successful latency rounds.
-    pub latency: Vec<(Contestant, Vec<Latency>)>,
+    /// Per latency point (offered rate), per contestant, its successful rounds.
+    pub latency: Vec<(LatencyPlan, LatencyRounds)>,
     /// Per contestant and pipeline count.
     pub idle: Vec<(Contestant, u32, Idle)>,
     /// Failures and anything suspicious, for the reader to weigh.
     pub notes: Vec<String>,
 }
+
+/// Per contestant, its successful latency rounds at one offered rate.
+pub type LatencyRounds = Vec<(Contestant, Vec<Latency>)>;
 
 /// The median of one contestant's rounds in one case.
 struct Summary {
@@ -87,6 +90,11 @@ impl Results {
             .find(|(c, _)| c == case)
             .and_then(|(_, by)| by.iter().find(|(w, _)| *w == who))
             .map(|(_, rounds)| rounds.as_slice())
+    }
+
+    /// `who`'s median throughput on `case`, if it ran.
+    pub fn median_rate(&self, case: &Case, who: Contestant) -> Option<f64> {
+        self.summary(case, who).map(|s| s.rate)
     }
 
     fn summary(&self, case: &Case, who: Contestant) -> Option<Summary> {
@@ -271,21 +279,25 @@ impl Results {
     }
 
     fn latency_table(&self, md: &mut String) {
-        let Some(plan) = &self.plan.latency else {
-            return;
-        };
+        for (plan, by) in &self.latency {
+            self.latency_point(md, plan, by);
+        }
+    }
+
+    fn latency_point(&self, md: &mut String, plan: &LatencyPlan, by: &LatencyRounds) {
         let _ = write!(
             md,
-            "\n## End-to-end latency at {} msg/s ({})\n\n\
+            "\n## End-to-end latency at {} msg/s ({}{})\n\n\
              A paced producer XADDs with a µs wall-clock stamp; a reader XREADs the output and records now - stamp. \
              {:.0} s measured after a 0.5 s warm-up, per round; contestants alternate round by round. \
              Percentiles are medians over the rounds (tails on a shared machine are noisy); max is the worst message of all rounds.\n\n\
              | who | p50 ms | p90 ms | p99 ms | max ms | received/sent | rounds |\n|---|---:|---:|---:|---:|---:|---:|\n",
             thousands(f64::from(plan.rate)),
             plan.case.label(),
+            plan.origin,
             plan.secs
         );
-        for (who, rounds) in &self.latency {
+        for (who, rounds) in by {
             if rounds.is_empty() {
                 let _ = writeln!(md, "| {} | failed | | | | |", who.label());
                 continue;

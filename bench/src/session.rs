@@ -3,10 +3,9 @@
 //! load hit everyone alike), then the idle footprint.
 
 use crate::contestant::Tools;
-use crate::latency::Latency;
-use crate::plan::{Contestant, Plan};
+use crate::plan::{Contestant, LatencyPlan, Plan};
 use crate::redis_server::RedisServer;
-use crate::report::{ByContestant, Results};
+use crate::report::{ByContestant, LatencyRounds, Results};
 use crate::{idle, latency, throughput};
 use anyhow::Result;
 
@@ -77,22 +76,48 @@ impl Session {
         }
     }
 
+    /// Latency at the fixed rate, then at half of L+'s saturation
+    /// throughput on the reference case (when it ran): the fixed rate says
+    /// what a light load costs, the second what a busy but unsaturated one does.
     fn latency(&mut self) {
-        let Some(lp) = &self.plan.latency else { return };
-        let mut by: Vec<(Contestant, Vec<Latency>)> = self
-            .plan
-            .contestants
-            .iter()
-            .map(|&c| (c, Vec::new()))
-            .collect();
-        for round in 1..=self.plan.rounds {
-            for (who, rounds) in &mut by {
-                let context = format!("latency round {round} {}", who.label());
-                let run = || latency::run(&self.redis, *who, lp, &self.tools, self.plan.block_ms);
-                rounds.extend(self.log.attempt(&context, run));
-            }
+        let Some(fixed) = self.plan.latency.clone() else {
+            return;
+        };
+        let mut points = vec![fixed.clone()];
+        let saturation = self
+            .log
+            .results
+            .median_rate(&self.plan.reference, Contestant::LPlus);
+        match saturation {
+            Some(rate) if self.plan.latency_half => points.push(LatencyPlan {
+                rate: (rate / 2.0) as u32,
+                origin: format!(", half of L+'s {:.0} msg/s", rate),
+                ..fixed
+            }),
+            None if self.plan.latency_half => eprintln!(
+                "latency: no L+ figure on {}: no point at half its saturation",
+                self.plan.reference.label()
+            ),
+            _ => {}
         }
-        self.log.results.latency = by;
+        for lp in points {
+            let mut by: LatencyRounds = self
+                .plan
+                .contestants
+                .iter()
+                .map(|&c| (c, Vec::new()))
+                .collect();
+            for round in 1..=self.plan.rounds {
+                for (who, rounds) in &mut by {
+                    let context =
+                        format!("latency at {} msg/s round {round} {}", lp.rate, who.label());
+                    let run =
+                        || latency::run(&self.redis, *who, &lp, &self.tools, self.plan.block_ms);
+                    rounds.extend(self.log.attempt(&context, run));
+                }
+            }
+            self.log.results.latency.push((lp, by));
+        }
     }
 
     fn idle(&mut self) {
