@@ -55,6 +55,15 @@ impl RedisCluster {
         format!("redis+cluster://{}", seeds.join(","))
     }
 
+    /// The ports of the nodes that have not been killed.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.port)
+            .collect()
+    }
+
     /// A synchronous cluster connection (follows MOVED like the runtime does).
     pub fn conn(&self) -> redis::cluster::ClusterConnection {
         let seeds: Vec<String> = self
