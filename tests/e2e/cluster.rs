@@ -968,7 +968,13 @@ fn a_sharded_pubsub_source_follows_its_channel_to_the_new_master_after_a_failove
     let master = cluster.master_of("events");
     let replica = cluster.replica_of(master);
     cluster.failover(replica);
-    assert_eq!(cluster.master_of("events"), replica);
+    // Published on the old master before it hears of the failover, a message would reach
+    // no one: wait until every node agrees.
+    sluice.wait_until(
+        "every node sees the replica as the channel's master",
+        |_| cluster.sole_master_of("events") == Some(replica),
+    );
+    let mut new_master = cluster.node_conn(replica);
     // Pub/sub keeps nothing: what is published before sluice is subscribed on the new
     // master is lost. Probe until a probe arrives; only then does the count start.
     let mut probes = 0;
@@ -976,11 +982,7 @@ fn a_sharded_pubsub_source_follows_its_channel_to_the_new_master_after_a_failove
         "a probe SPUBLISHed on the new master captured (seen: probes sent)",
         |_| {
             probes += 1;
-            spublish(
-                &mut cluster.conn_for("events"),
-                "events",
-                &format!("probe {probes}"),
-            );
+            spublish(&mut new_master, "events", &format!("probe {probes}"));
             let captured = xrange_all(&mut con, "captured");
             (
                 probes,
@@ -995,7 +997,12 @@ fn a_sharded_pubsub_source_follows_its_channel_to_the_new_master_after_a_failove
     for i in 0..N {
         let channel = channels[i % channels.len()];
         let payload = format!("after {i}");
-        spublish(&mut cluster.conn_for(channel), channel, &payload);
+        let reached = if channel == "events" {
+            spublish(&mut new_master, channel, &payload)
+        } else {
+            spublish(&mut cluster.conn_for(channel), channel, &payload)
+        };
+        assert_eq!(reached, 1, "SPUBLISH {channel} reached sluice");
         sent.insert((channel.to_string(), payload));
     }
     let after = |con: &mut redis::cluster::ClusterConnection| -> BTreeSet<(String, String)> {

@@ -111,6 +111,25 @@ impl RedisCluster {
             .unwrap_or_else(|| panic!("no live master owns slot {slot} of {key}"))
     }
 
+    /// The port of the one live node that serves `key`'s slot as a master, None while
+    /// several claim it (a failover that not every node has heard of yet) or none does.
+    pub fn sole_master_of(&self, key: &str) -> Option<u16> {
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut self.node_conn(self.live_port()))
+            .expect("CLUSTER KEYSLOT");
+        let owners: Vec<u16> = self
+            .ports()
+            .into_iter()
+            .filter(|&port| self.owns(port, slot))
+            .collect();
+        match owners[..] {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+
     /// The port of some node that has not been killed.
     fn live_port(&self) -> u16 {
         self.nodes
