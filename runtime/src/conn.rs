@@ -14,7 +14,8 @@ use redis::aio::{
 use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use redis::{Cmd, RedisFuture, RedisResult, Value};
+use redis::{Cmd, PushInfo, RedisFuture, RedisResult, Value};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -35,19 +36,20 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum Client {
     /// One server (`redis://`, `rediss://`, `unix://`).
     Single(redis::Client),
-    /// A Redis Cluster (`redis+cluster://`, `rediss+cluster://`).
-    Cluster(Box<ClusterClient>),
+    /// A Redis Cluster (`redis+cluster://`, `rediss+cluster://`), and the
+    /// URLs of its seed nodes: pub/sub subscribes to nodes themselves.
+    Cluster(Box<ClusterClient>, Arc<[String]>),
 }
 
 /// Opens a client for `url`, with the URL in the error.
 pub fn client(url: &str) -> anyhow::Result<Client> {
     let opened = match cluster_seeds(url) {
-        Some(seeds) => ClusterClientBuilder::new(seeds)
+        Some(seeds) => ClusterClientBuilder::new(seeds.clone())
             // Retries ride through MOVED/ASK and a failover's short gap;
             // a longer outage is the caller's to wait out.
             .retries(6)
             .build()
-            .map(|c| Client::Cluster(Box::new(c))),
+            .map(|c| Client::Cluster(Box::new(c), seeds.into())),
         None => redis::Client::open(url).map(Client::Single),
     };
     opened.map_err(|e| anyhow::anyhow!("invalid Redis URL {}: {e}", redact(url)))
@@ -62,14 +64,8 @@ pub fn is_cluster_url(url: &str) -> bool {
 /// `redis+cluster://user:pw@h1:7000,h2:7000/?x` gives
 /// `redis://user:pw@h1:7000/?x` and `redis://user:pw@h2:7000/?x`.
 fn cluster_seeds(url: &str) -> Option<Vec<String>> {
-    let (scheme, rest) = url.split_once("://")?;
+    let (scheme, auth, hosts, tail) = url_parts(url)?;
     let scheme = scheme.strip_suffix("+cluster")?;
-    let (auth, rest) = match rest.rfind('@') {
-        Some(at) if !rest[..at].contains('/') => (&rest[..=at], &rest[at + 1..]),
-        _ => ("", rest),
-    };
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (hosts, tail) = rest.split_at(end);
     Some(
         hosts
             .split(',')
@@ -79,10 +75,22 @@ fn cluster_seeds(url: &str) -> Option<Vec<String>> {
     )
 }
 
+/// `url` as (scheme, `user:pw@` or empty, hosts, path and query).
+fn url_parts(url: &str) -> Option<(&str, &str, &str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let (auth, rest) = match rest.rfind('@') {
+        Some(at) if !rest[..at].contains('/') => (&rest[..=at], &rest[at + 1..]),
+        _ => ("", rest),
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (hosts, tail) = rest.split_at(end);
+    Some((scheme, auth, hosts, tail))
+}
+
 impl Client {
     /// True for a cluster.
     pub fn is_cluster(&self) -> bool {
-        matches!(self, Client::Cluster(_))
+        matches!(self, Client::Cluster(..))
     }
 
     /// One connection opened now, for short command-line work: fails if
@@ -97,7 +105,7 @@ impl Client {
                     .await
                     .map(Conn::Direct)
             }
-            Client::Cluster(c) => c
+            Client::Cluster(c, _) => c
                 .get_async_connection_with_config(cluster_config(COMMAND_TIMEOUT))
                 .await
                 .map(Conn::Cluster),
@@ -114,7 +122,7 @@ impl Client {
                 conn.set_write_timeout(Some(timeout))?;
                 Ok(BlockingConn::Single(conn))
             }
-            Client::Cluster(c) => {
+            Client::Cluster(c, _) => {
                 let config = ClusterConfig::new()
                     .set_connection_timeout(timeout)
                     .set_response_timeout(timeout);
@@ -125,17 +133,119 @@ impl Client {
         }
     }
 
-    /// The async pub/sub connection of a single server; a cluster has none
-    /// (validation refuses pub/sub sources on a cluster).
-    pub async fn pubsub(&self) -> RedisResult<redis::aio::PubSub> {
+    /// The servers a plain (SUBSCRIBE) subscription may be opened on, in
+    /// the order to try them: the server itself, or each seed of a cluster
+    /// (a PUBLISH reaches every node of a cluster, so any one will do).
+    pub fn subscription_nodes(&self) -> RedisResult<Vec<redis::Client>> {
         match self {
-            Client::Single(c) => c.get_async_pubsub().await,
-            Client::Cluster(_) => Err(redis::RedisError::from((
-                redis::ErrorKind::InvalidClientConfig,
-                "pub/sub sources are not supported on a Redis Cluster",
-            ))),
+            Client::Single(c) => Ok(vec![c.clone()]),
+            Client::Cluster(_, seeds) => seeds
+                .iter()
+                .map(|seed| redis::Client::open(seed.as_str()))
+                .collect(),
         }
     }
+
+    /// The node at `addr` (`host:port`, as CLUSTER SLOTS names it), with
+    /// the seeds' credentials, TLS and options; for a single server, itself.
+    pub fn node(&self, addr: &str) -> RedisResult<redis::Client> {
+        match self {
+            Client::Single(c) => Ok(c.clone()),
+            Client::Cluster(_, seeds) => {
+                let url = seeds
+                    .first()
+                    .and_then(|seed| url_parts(seed))
+                    .map(|(scheme, auth, _, tail)| format!("{scheme}://{auth}{addr}{tail}"))
+                    .ok_or_else(|| {
+                        redis::RedisError::from((
+                            redis::ErrorKind::InvalidClientConfig,
+                            "a cluster URL without seeds",
+                        ))
+                    })?;
+                redis::Client::open(url)
+            }
+        }
+    }
+
+    /// Which master serves each slot range of a cluster (CLUSTER SLOTS, as
+    /// one master sees it); empty for a single server.
+    pub async fn slot_masters(&self) -> RedisResult<Vec<SlotRange>> {
+        let Client::Cluster(c, _) = self else {
+            return Ok(Vec::new());
+        };
+        let mut conn = c
+            .get_async_connection_with_config(cluster_config(COMMAND_TIMEOUT))
+            .await?;
+        let reply = conn
+            .route_command(
+                redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
+            )
+            .await?;
+        // Each range: [first, last, [host, port, id, ...], replicas...].
+        let ranges: Vec<Vec<Value>> = redis::from_redis_value(reply)?;
+        let mut found = Vec::with_capacity(ranges.len());
+        for range in ranges {
+            let mut parts = range.into_iter();
+            let (Some(first), Some(last), Some(master)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let master: Vec<Value> = redis::from_redis_value(master)?;
+            let mut endpoint = master.into_iter();
+            let (Some(host), Some(port)) = (endpoint.next(), endpoint.next()) else {
+                continue;
+            };
+            let host: String = redis::from_redis_value(host)?;
+            let port: u16 = redis::from_redis_value(port)?;
+            found.push(SlotRange {
+                first: redis::from_redis_value(first)?,
+                last: redis::from_redis_value(last)?,
+                // An IPv6 address goes in brackets in a URL.
+                master: if host.contains(':') {
+                    format!("[{host}]:{port}")
+                } else {
+                    format!("{host}:{port}")
+                },
+            });
+        }
+        Ok(found)
+    }
+}
+
+/// Slots `first..=last` of a cluster, served by the master at `master`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotRange {
+    /// First slot of the range.
+    pub first: u16,
+    /// Last slot of the range (included).
+    pub last: u16,
+    /// The master's `host:port`.
+    pub master: String,
+}
+
+/// A RESP3 connection to `client`'s server whose push messages (pub/sub
+/// messages, subscription changes, and a disconnection the library
+/// notices) go to `pushes`: how a sharded (SSUBSCRIBE) subscription is
+/// read, since redis-rs' `PubSub` has no SSUBSCRIBE.
+pub async fn push_connection(
+    client: &redis::Client,
+    pushes: tokio::sync::mpsc::UnboundedSender<PushInfo>,
+) -> RedisResult<MultiplexedConnection> {
+    let info = client.get_connection_info().clone();
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    let resp3 = redis::Client::open(info.set_redis_settings(settings))?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(COMMAND_TIMEOUT))
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_push_sender(pushes);
+    resp3
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
 }
 
 fn cluster_config(response_timeout: Duration) -> ClusterConfig {
@@ -160,7 +270,7 @@ pub fn manager(client: &Client, response_timeout: Duration) -> RedisResult<Conn>
                 .set_number_of_retries(3);
             ConnectionManager::new_lazy_with_config(c.clone(), config).map(Conn::Manager)
         }
-        Client::Cluster(c) => Ok(Conn::Cluster(
+        Client::Cluster(c, _) => Ok(Conn::Cluster(
             c.get_pending_async_connection_with_config(cluster_config(response_timeout)),
         )),
     }
@@ -587,5 +697,33 @@ impl Outage {
             _ = cancel.cancelled() => false,
             _ = tokio::time::sleep(delay) => true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_node_is_reached_with_the_seeds_credentials() {
+        let cluster = client("redis+cluster://user:pw@h1:7000,h2:7001").unwrap();
+        let seeds = cluster.subscription_nodes().unwrap();
+        let addrs: Vec<String> = seeds
+            .iter()
+            .map(|c| c.get_connection_info().addr().to_string())
+            .collect();
+        assert_eq!(addrs, ["h1:7000", "h2:7001"]);
+        for node in seeds
+            .iter()
+            .chain([&cluster.node("10.0.0.5:7002").unwrap()])
+        {
+            let settings = node.get_connection_info().redis_settings();
+            assert_eq!(
+                (settings.username(), settings.password()),
+                (Some("user"), Some("pw"))
+            );
+        }
+        let node = cluster.node("[::1]:7003").unwrap();
+        assert_eq!(node.get_connection_info().addr().to_string(), "::1:7003");
     }
 }

@@ -269,8 +269,14 @@ async fn pubsub(conn: &mut Conn, p: &Pipeline) -> Result<Row> {
     let patterns = p.source.patterns.clone().unwrap_or_default();
     let mut subscribers = 0;
     if !channels.is_empty() {
+        // Sharded subscriptions are counted apart from plain ones.
+        let numsub = if p.source.sharded == Some(true) {
+            "SHARDNUMSUB"
+        } else {
+            "NUMSUB"
+        };
         let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
+            .arg(numsub)
             .arg(&channels)
             .query_async(conn)
             .await?;

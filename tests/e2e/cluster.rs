@@ -8,8 +8,10 @@ use std::collections::BTreeSet;
 use tempfile::TempDir;
 
 use crate::support::cluster::RedisCluster;
-use crate::support::keys::{keys_matching, llen, lpush_many};
-use crate::support::pipeline::list_to_stream_at;
+use crate::support::keys::{
+    keys_matching, llen, lpush_many, publish, shard_subscribers, spublish, ssubscribe, subscribers,
+};
+use crate::support::pipeline::{list_to_stream_at, pubsub_to_stream_at, stream_to_pubsub_at};
 use crate::support::streams::{
     create_group, pending_ids, pending_if_group, read_as, xadd_many, xlen, xrange_all,
 };
@@ -339,24 +341,16 @@ fn validate_names_the_keys_an_atomic_pipeline_spreads_over_slots_and_the_tag() {
 }
 
 #[test]
-fn validate_refuses_a_pubsub_source_on_a_cluster() {
-    let (code, _, stderr) = validate(
-        r#"[redis]
-url = "redis+cluster://127.0.0.1:7000"
-
-[source]
-type = "pubsub"
-channels = ["events"]
-
-[[sink]]
-type = "stdout"
-"#,
-    );
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(
-        stderr.contains("pub/sub sources are not supported on a Redis Cluster"),
-        "{stderr}"
-    );
+fn validate_accepts_pubsub_sources_on_a_cluster() {
+    for source in [
+        "channels = [\"events\"]\npatterns = [\"sensor:*\"]",
+        "channels = [\"events\", \"alerts\"]\nsharded = true",
+    ] {
+        let (code, stdout, stderr) = validate(&format!(
+            "[redis]\nurl = \"redis+cluster://127.0.0.1:7000\"\n\n[source]\ntype = \"pubsub\"\n{source}\n\n[[sink]]\ntype = \"stdout\"\n"
+        ));
+        assert_eq!(code, Some(0), "{source}: {stdout}{stderr}");
+    }
 }
 
 #[test]
@@ -784,30 +778,7 @@ fn a_pubsub_sink_publishes_to_channels_in_different_slots_on_a_cluster() {
         let channel = if i % 2 == 0 { "a" } else { "b" };
         vec![("ch", channel.to_string()), ("payload", i.to_string())]
     });
-    let pipeline = Pipeline::write(
-        "cluster",
-        &format!(
-            r#"[redis]
-url = "{url}"
-
-[source]
-type = "stream"
-stream = "orders"
-group = "g"
-start = "0"
-block_ms = 100
-
-[[processor]]
-plugin = '{plugin}'
-
-[[sink]]
-type = "pubsub"
-channel_field = "ch"
-"#,
-            url = cluster.url(),
-            plugin = plugin("faults").display()
-        ),
-    );
+    let pipeline = stream_to_pubsub_at(&cluster.url(), r#"channel_field = "ch""#);
     let cache = cache();
     let mut sluice = Sluice::run_cached(pipeline.path(), cache.path());
     let mut got: Vec<(String, usize)> = Vec::new();
@@ -859,4 +830,236 @@ fn dlq_replay_sends_dead_letters_back_to_streams_in_different_slots() {
         replayed.stdout(),
         replayed.log()
     );
+}
+
+/// The (channel, payload) pairs of `entries`, as a set, checking each appears once.
+fn captured(entries: &[crate::support::streams::Entry]) -> BTreeSet<(String, String)> {
+    let mut seen = BTreeSet::new();
+    for e in entries {
+        let pair = (e.get("channel").to_string(), e.get("payload").to_string());
+        assert!(seen.insert(pair.clone()), "{pair:?} captured twice");
+    }
+    seen
+}
+
+#[test]
+fn a_pubsub_source_on_a_cluster_receives_what_any_node_publishes() {
+    const N: usize = 300;
+    let cluster = RedisCluster::new();
+    let mut con = cluster.conn();
+    // Channels whose slots sit on different masters: plain pub/sub ignores slots.
+    assert_ne!(cluster.master_of("events"), cluster.master_of("alerts"));
+    let pipeline = pubsub_to_stream_at(
+        &cluster.url(),
+        r#"channels = ["events", "alerts"]"#,
+        "captured",
+    );
+    let cache = cache();
+    let mut sluice = Sluice::run_cached(pipeline.path(), cache.path());
+    // One subscription, on one node, for both channels.
+    let on = sluice.wait_for(
+        "sluice subscribed to both channels on one node (seen: nodes with subscribers)",
+        |_| {
+            cluster
+                .ports()
+                .into_iter()
+                .filter(|port| {
+                    let mut node = cluster.node_conn(*port);
+                    subscribers(&mut node, "events") + subscribers(&mut node, "alerts") > 0
+                })
+                .collect::<Vec<u16>>()
+        },
+        |nodes| nodes.len() == 1,
+    )[0];
+    let mut node = cluster.node_conn(on);
+    assert_eq!(
+        (
+            subscribers(&mut node, "events"),
+            subscribers(&mut node, "alerts")
+        ),
+        (1, 1)
+    );
+    // Published through every other node, masters and replicas: the cluster bus carries
+    // each PUBLISH to the subscribed one.
+    let others: Vec<u16> = cluster.ports().into_iter().filter(|p| *p != on).collect();
+    let mut publishers: Vec<redis::Connection> =
+        others.iter().map(|p| cluster.node_conn(*p)).collect();
+    let mut sent = BTreeSet::new();
+    for i in 0..N {
+        let channel = if i % 2 == 0 { "events" } else { "alerts" };
+        let payload = format!("message {i}");
+        publish(&mut publishers[i % others.len()], channel, &payload);
+        sent.insert((channel.to_string(), payload));
+    }
+    sluice.wait_for(
+        "every message captured",
+        |_| xlen(&mut con, "captured"),
+        |n| *n >= N,
+    );
+    sluice.shutdown();
+    assert_eq!(captured(&xrange_all(&mut con, "captured")), sent);
+}
+
+/// Waits until sluice holds a sharded subscription to each of `channels` on the master owning
+/// its slot.
+fn wait_shard_subscribed(sluice: &mut Sluice, cluster: &RedisCluster, channels: &[&str]) {
+    sluice.wait_for(
+        "sharded subscriptions on each channel's master (seen: subscribers per channel)",
+        |_| {
+            channels
+                .iter()
+                .map(|ch| shard_subscribers(&mut cluster.conn_for(ch), ch))
+                .collect::<Vec<usize>>()
+        },
+        |seen| seen.iter().all(|n| *n == 1),
+    );
+}
+
+#[test]
+fn a_sharded_pubsub_source_on_a_cluster_reads_each_channel_on_its_shard() {
+    const N: usize = 300;
+    let channels = ["events", "alerts", "a"];
+    let cluster = RedisCluster::new();
+    let mut con = cluster.conn();
+    let masters: BTreeSet<u16> = channels.iter().map(|ch| cluster.master_of(ch)).collect();
+    assert_eq!(masters.len(), 3, "one channel on each master");
+    let pipeline = pubsub_to_stream_at(
+        &cluster.url(),
+        "channels = [\"events\", \"alerts\", \"a\"]\nsharded = true",
+        "captured",
+    );
+    let cache = cache();
+    let mut sluice = Sluice::run_cached(pipeline.path(), cache.path());
+    wait_shard_subscribed(&mut sluice, &cluster, &channels);
+    let mut sent = BTreeSet::new();
+    for i in 0..N {
+        let channel = channels[i % channels.len()];
+        let payload = format!("message {i}");
+        assert_eq!(
+            spublish(&mut cluster.conn_for(channel), channel, &payload),
+            1,
+            "SPUBLISH {channel} reached sluice"
+        );
+        sent.insert((channel.to_string(), payload));
+    }
+    sluice.wait_for(
+        "every message captured",
+        |_| xlen(&mut con, "captured"),
+        |n| *n >= N,
+    );
+    sluice.shutdown();
+    assert_eq!(captured(&xrange_all(&mut con, "captured")), sent);
+}
+
+#[test]
+fn a_sharded_pubsub_source_follows_its_channel_to_the_new_master_after_a_failover() {
+    const N: usize = 100;
+    let channels = ["events", "alerts"];
+    let cluster = RedisCluster::new();
+    let mut con = cluster.conn();
+    let pipeline = pubsub_to_stream_at(
+        &cluster.url(),
+        "channels = [\"events\", \"alerts\"]\nsharded = true",
+        "captured",
+    );
+    let cache = cache();
+    let mut sluice = Sluice::run_cached(pipeline.path(), cache.path());
+    wait_shard_subscribed(&mut sluice, &cluster, &channels);
+    let master = cluster.master_of("events");
+    let replica = cluster.replica_of(master);
+    cluster.failover(replica);
+    // Published on the old master before it hears of the failover, a message would reach
+    // no one: wait until every node agrees.
+    sluice.wait_until(
+        "every node sees the replica as the channel's master",
+        |_| cluster.sole_master_of("events") == Some(replica),
+    );
+    let mut new_master = cluster.node_conn(replica);
+    // Pub/sub keeps nothing: what is published before sluice is subscribed on the new
+    // master is lost. Probe until a probe arrives; only then does the count start.
+    let mut probes = 0;
+    sluice.wait_for(
+        "a probe SPUBLISHed on the new master captured (seen: probes sent)",
+        |_| {
+            probes += 1;
+            spublish(&mut new_master, "events", &format!("probe {probes}"));
+            let captured = xrange_all(&mut con, "captured");
+            (
+                probes,
+                captured
+                    .iter()
+                    .any(|e| e.get("payload").starts_with("probe ")),
+            )
+        },
+        |(_, arrived)| *arrived,
+    );
+    let mut sent = BTreeSet::new();
+    for i in 0..N {
+        let channel = channels[i % channels.len()];
+        let payload = format!("after {i}");
+        let reached = if channel == "events" {
+            spublish(&mut new_master, channel, &payload)
+        } else {
+            spublish(&mut cluster.conn_for(channel), channel, &payload)
+        };
+        assert_eq!(reached, 1, "SPUBLISH {channel} reached sluice");
+        sent.insert((channel.to_string(), payload));
+    }
+    let after = |con: &mut redis::cluster::ClusterConnection| -> BTreeSet<(String, String)> {
+        captured(&xrange_all(con, "captured"))
+            .into_iter()
+            .filter(|(_, payload)| payload.starts_with("after "))
+            .collect()
+    };
+    sluice.wait_for(
+        "every message published after the resubscription captured (seen: how many)",
+        |_| after(&mut con).len(),
+        |n| *n >= N,
+    );
+    assert_eq!(after(&mut con), sent);
+    // Redis told the old master's subscriber that its slot moved, or dropped it.
+    sluice.wait_for_log(&["pub/sub subscription lost: resubscribing"], 1);
+    assert_eq!(
+        shard_subscribers(&mut cluster.node_conn(replica), "events"),
+        1,
+        "subscribed on the new master"
+    );
+    sluice.shutdown();
+}
+
+#[test]
+fn a_sharded_pubsub_sink_spublishes_each_channel_on_its_shard() {
+    const N: usize = 200;
+    let cluster = RedisCluster::new();
+    assert_ne!(cluster.master_of("events"), cluster.master_of("alerts"));
+    // A sharded subscriber hears only SPUBLISH, and only on the channel's own shard.
+    let events = ssubscribe(cluster.conn_for("events"), &["events"]);
+    let alerts = ssubscribe(cluster.conn_for("alerts"), &["alerts"]);
+    xadd_many(&mut cluster.conn_for("orders"), "orders", N, |i| {
+        let channel = if i % 2 == 0 { "events" } else { "alerts" };
+        vec![("ch", channel.to_string()), ("payload", i.to_string())]
+    });
+    let pipeline = stream_to_pubsub_at(&cluster.url(), "channel_field = \"ch\"\nsharded = true");
+    let cache = cache();
+    let mut sluice = Sluice::run_cached(pipeline.path(), cache.path());
+    for (rx, channel, parity) in [(&events, "events", 0), (&alerts, "alerts", 1)] {
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + crate::support::PATIENCE;
+        while got.len() < N / 2 && std::time::Instant::now() < deadline && sluice.is_running() {
+            if let Ok(msg) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+                got.push(msg);
+            }
+        }
+        let want: Vec<(String, String)> = (0..N)
+            .filter(|i| i % 2 == parity)
+            .map(|i| (channel.to_string(), i.to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            want,
+            "{channel}: every record, in order\n{}",
+            sluice.log()
+        );
+    }
+    sluice.shutdown();
 }

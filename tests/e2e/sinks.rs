@@ -257,6 +257,30 @@ fn pubsub_channel_field_picks_the_channel_and_a_record_without_payload_is_refuse
 }
 
 #[test]
+fn a_sharded_pubsub_sink_spublishes_every_message_in_order() {
+    let redis = RedisServer::new();
+    let mut con = redis.conn();
+    let rx = crate::support::keys::ssubscribe(redis.conn(), &["alerts"]);
+    xadd_many(&mut con, IN, MESSAGES, numbered);
+    let pipeline = pipeline(
+        &redis,
+        "batch = 64",
+        None,
+        "[[sink]]\ntype = \"pubsub\"\nchannel = \"alerts\"\nsharded = true\n",
+    );
+
+    let mut sluice = Sluice::run(pipeline.path());
+    let got = receive(&rx, MESSAGES);
+    wait_all_acked(&mut con, &mut sluice, "published", || true);
+    sluice.shutdown();
+
+    let want: Vec<_> = (0..MESSAGES)
+        .map(|i| ("alerts".to_string(), payload(i)))
+        .collect();
+    assert_eq!(got, want, "every record SPUBLISHed once, in order");
+}
+
+#[test]
 fn list_sink_pushes_every_payload_in_order() {
     let redis = RedisServer::new();
     let mut con = redis.conn();

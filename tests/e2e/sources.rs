@@ -13,10 +13,10 @@ use tempfile::TempDir;
 
 use crate::support::keys::{
     exists, get, keys_matching, llen, lpush_many, lrange_all, pattern_subscriptions, publish,
-    subscribers,
+    shard_subscribers, spublish, subscribers,
 };
 use crate::support::logs::lines_with_all;
-use crate::support::pipeline::{IN, OUT, list_to_stream, wait_settled};
+use crate::support::pipeline::{IN, OUT, list_to_stream, pubsub_to_stream_at, wait_settled};
 use crate::support::streams::{Entry, pending_count, xadd_many, xlen, xrange_all};
 use crate::support::{PATIENCE, Pipeline, RedisServer, Sluice, plugin, repo_root};
 
@@ -208,6 +208,49 @@ stream = "fan:{k}"
             got.iter().all(|e| e.get("plugin_version") == "1"),
             "instance {k} ran each message through its plugin"
         );
+    }
+}
+
+#[test]
+fn a_sharded_pubsub_source_on_one_redis_captures_what_is_spublished() {
+    const COUNT: usize = 300;
+    let redis = RedisServer::new();
+    let mut con = redis.conn();
+    let pipeline = pubsub_to_stream_at(
+        &redis.url(),
+        "channels = [\"events\", \"alerts\"]\nsharded = true",
+        "captured",
+    );
+    let cache = cache();
+    let mut sluice = Sluice::run_cached(pipeline.path(), cache.path());
+    sluice.wait_until("sluice's sharded subscriptions", |_| {
+        shard_subscribers(&mut con, "events") == 1 && shard_subscribers(&mut con, "alerts") == 1
+    });
+    let channel = |i: usize| {
+        if i.is_multiple_of(2) {
+            "events"
+        } else {
+            "alerts"
+        }
+    };
+    for i in 0..COUNT {
+        assert_eq!(spublish(&mut con, channel(i), &format!("message {i}")), 1);
+    }
+    // Sharded channels are apart from plain ones: a PUBLISH reaches no sharded subscriber.
+    assert_eq!(publish(&mut con, "events", "plain"), 0);
+    sluice.wait_until(&format!("{COUNT} entries in `captured`"), |_| {
+        xlen(&mut con, "captured") >= COUNT
+    });
+    sluice.shutdown();
+    let captured = xrange_all(&mut con, "captured");
+    assert_eq!(captured.len(), COUNT, "each message captured once");
+    for (i, entry) in captured.iter().enumerate() {
+        assert_eq!(
+            entry.get("payload"),
+            format!("message {i}"),
+            "entry {i}, in order"
+        );
+        assert_eq!(entry.get("channel"), channel(i), "entry {i}'s channel");
     }
 }
 

@@ -14,14 +14,9 @@ use super::{Pipeline, SinkType, SourceType};
 /// Why `p` cannot run on a Redis Cluster, one message per problem, each
 /// naming the keys and the hash tag that fixes it. Empty when it can.
 pub fn problems(p: &Pipeline) -> Vec<String> {
+    // Pub/sub needs nothing here: a plain subscription on any one node
+    // hears every PUBLISH, and a sharded one is opened per slot owner.
     let mut found = Vec::new();
-    if p.source.kind == SourceType::Pubsub {
-        found.push(
-            "pub/sub sources are not supported on a Redis Cluster: read a stream or a list, \
-             or subscribe on a single Redis (pub/sub sinks work: PUBLISH reaches every node)"
-                .to_string(),
-        );
-    }
     if p.atomic {
         // One script commits output, dead letters and the ack of each
         // stream read (crate::atomic): all of its keys in one slot.

@@ -374,6 +374,7 @@ fn validate_source(mut s: SourceConfig, name: &str, errors: &mut Errors) -> Sour
                 ("channels", s.channels.is_some(), "pubsub"),
                 ("patterns", s.patterns.is_some(), "pubsub"),
                 ("buffer", s.buffer.is_some(), "pubsub"),
+                ("sharded", s.sharded.is_some(), "pubsub"),
                 ("list", s.list.is_some(), "list"),
             ]
         }
@@ -388,6 +389,15 @@ fn validate_source(mut s: SourceConfig, name: &str, errors: &mut Errors) -> Sour
             if s.dead_letter.is_none() {
                 s.dead_letter = Some(format!("{name}:dead"));
             }
+            if s.sharded == Some(true) && s.patterns.is_some() {
+                errors.add(
+                    &key("sharded"),
+                    "`sharded = true` subscribes with SSUBSCRIBE, which takes channels, not patterns \
+                     (a pattern cannot be sharded: its channels may live in any slot); \
+                     move `patterns` to a pipeline without `sharded`",
+                );
+            }
+            s.sharded.get_or_insert(false);
             vec![
                 ("stream", s.stream.is_some(), "stream"),
                 ("streams", s.streams.is_some(), "stream"),
@@ -415,6 +425,7 @@ fn validate_source(mut s: SourceConfig, name: &str, errors: &mut Errors) -> Sour
                 ("channels", s.channels.is_some(), "pubsub"),
                 ("patterns", s.patterns.is_some(), "pubsub"),
                 ("buffer", s.buffer.is_some(), "pubsub"),
+                ("sharded", s.sharded.is_some(), "pubsub"),
             ]
         }
     };
@@ -625,7 +636,13 @@ fn sink_keys(kind: SinkType) -> &'static [&'static str] {
             "partitions",
             "partition_by",
         ],
-        SinkType::Pubsub => &["channel", "channel_field", "payload_field", "url"],
+        SinkType::Pubsub => &[
+            "channel",
+            "channel_field",
+            "payload_field",
+            "sharded",
+            "url",
+        ],
         SinkType::List => &["list", "side", "payload_field", "url"],
         SinkType::Stdout => &[],
         SinkType::File => &["path", "fsync"],
@@ -643,6 +660,7 @@ fn sink_keys_set(s: &SinkConfig) -> Vec<&'static str> {
         ("partition_by", s.partition_by.is_some()),
         ("channel", s.channel.is_some()),
         ("channel_field", s.channel_field.is_some()),
+        ("sharded", s.sharded.is_some()),
         ("payload_field", s.payload_field.is_some()),
         ("list", s.list.is_some()),
         ("side", s.side.is_some()),
@@ -753,6 +771,7 @@ fn validate_sinks(
                         _ => {}
                     }
                     s.payload_field.get_or_insert_with(|| crate::sink::DEFAULT_PAYLOAD.into());
+                    s.sharded.get_or_insert(false);
                 }
                 SinkType::List => {
                     if s.list.as_deref().is_none_or(str::is_empty) {

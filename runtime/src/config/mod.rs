@@ -124,6 +124,11 @@ pub struct SourceConfig {
     pub channels: Option<Vec<String>>,
     /// Pub/sub patterns (pubsub sources).
     pub patterns: Option<Vec<String>>,
+    /// Sharded pub/sub (pubsub sources; Redis 7): SSUBSCRIBE to `channels`,
+    /// on a cluster on the master owning each channel's slot, so messages
+    /// stay on that shard instead of crossing the cluster bus. Publishers
+    /// must SPUBLISH. Not with `patterns`. Default false (SUBSCRIBE).
+    pub sharded: Option<bool>,
     /// List key (list sources).
     pub list: Option<String>,
 }
@@ -284,6 +289,10 @@ pub struct SinkConfig {
     /// processor can pick the channel per record; a record without the field
     /// is refused (pubsub sinks; give this or `channel`).
     pub channel_field: Option<String>,
+    /// SPUBLISH instead of PUBLISH (pubsub sinks; Redis 7): on a cluster
+    /// the message goes to the shard owning the channel and only sharded
+    /// (SSUBSCRIBE) subscribers receive it. Default false.
+    pub sharded: Option<bool>,
     /// The record field whose value is published or pushed; the other fields
     /// are not sent, since a pub/sub message or list item is one value. A
     /// record without it is refused. Default `payload`, the field pub/sub

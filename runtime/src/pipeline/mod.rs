@@ -4,7 +4,10 @@
 //!
 //! - [`stream`]: consumer groups (XREADGROUP, leases, XACK, atomic).
 //! - [`reclaim`]: a stream lane's reclaimer (XAUTOCLAIM, dead consumers).
-//! - [`pubsub`]: SUBSCRIBE/PSUBSCRIBE into a bounded buffer; at-most-once.
+//! - [`pubsub`]: SUBSCRIBE/PSUBSCRIBE/SSUBSCRIBE into a bounded buffer;
+//!   at-most-once.
+//! - [`subscription`]: where a pub/sub subscription is opened (one node, or
+//!   each sharded channel's slot owner) and why it ended.
 //! - [`list`]: a reliable queue (LMOVE into a per-consumer processing list).
 //!
 //! ```text
@@ -16,6 +19,7 @@ mod list;
 mod pubsub;
 mod reclaim;
 mod stream;
+mod subscription;
 
 use crate::ack::{self, Status};
 use crate::config::{Pipeline, SourceType, plugin_config};

@@ -1,4 +1,6 @@
-//! Pub/sub sources: SUBSCRIBE to `channels`, PSUBSCRIBE to `patterns`.
+//! Pub/sub sources: SUBSCRIBE to `channels`, PSUBSCRIBE to `patterns`, or
+//! with `sharded = true` SSUBSCRIBE to `channels` ([`super::subscription`]
+//! says where, on a cluster).
 //!
 //! Pub/sub is at-most-once by nature: Redis keeps nothing, so a message
 //! published while no subscriber is connected is gone, and every running
@@ -14,21 +16,17 @@
 //! A failed message is retried in this process up to `max_deliveries`
 //! times (nothing can redeliver it later), then dead-lettered.
 //!
-//! A subscription can die without a word: a half-open link (a NAT or
-//! firewall that dropped the flow, a peer that vanished) delivers nothing
-//! and never closes, while Redis still counts the subscriber. The
-//! subscriber therefore PINGs on its connection every [`KEEPALIVE_EVERY`];
-//! an error or no answer within [`KEEPALIVE_TIMEOUT`] ends the session,
-//! like a closed connection does, and it subscribes again on a new
-//! connection (a warning, and `sluice_pubsub_resubscribes_total`).
+//! When a subscription ends (the connection closed, a keepalive PING
+//! failed, a sharded channel's slot moved) it subscribes again on new
+//! connections (a warning, and `sluice_pubsub_resubscribes_total`).
 
+use super::subscription;
 use super::{Shared, run_chain};
 use crate::ack;
 use crate::conn::{self, Outage};
 use crate::message::Message;
 use crate::plugin::Chain;
 use anyhow::Result;
-use futures::StreamExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -53,6 +51,7 @@ pub(super) async fn run(s: Arc<Shared>, cancel: CancellationToken) -> Result<()>
         pipeline = %p.name,
         ?channels,
         ?patterns,
+        sharded = p.source.sharded == Some(true),
         consumers = p.source.consumers,
         redis = %s.redis,
         "pipeline started (pub/sub is at-most-once: messages published while sluice is not subscribed are lost)"
@@ -76,30 +75,17 @@ async fn subscribe(s: Arc<Shared>, tx: mpsc::Sender<Message>, cancel: Cancellati
     let p = &s.pipeline;
     let mut outage = Outage::of(&p.name, &s.redis);
     let mut drops = Drops::default();
+    // Which node a plain subscription tries first (subscription::open).
+    let mut turn = 0;
     loop {
-        let subscribed = async {
-            let mut pubsub = s.client.pubsub().await?;
-            for channel in p.source.channels.iter().flatten() {
-                pubsub.subscribe(channel).await?;
-            }
-            for pattern in p.source.patterns.iter().flatten() {
-                pubsub.psubscribe(pattern).await?;
-            }
-            redis::RedisResult::Ok(pubsub)
-        };
-        let pubsub = tokio::select! {
+        let opened = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = tokio::time::timeout(conn::COMMAND_TIMEOUT, subscribed) => {
-                r.unwrap_or_else(|_| Err(redis::RedisError::from((
-                    redis::ErrorKind::Io,
-                    "subscribing timed out",
-                ))))
-            }
+            r = subscription::open(&s.client, &p.source, &mut turn) => r,
         };
-        let (sink, mut stream) = match pubsub {
-            Ok(pubsub) => {
+        let mut session = match opened {
+            Ok(session) => {
                 outage.recovered();
-                pubsub.split()
+                session
             }
             Err(e) => {
                 outage.failed(&e, "subscribing");
@@ -109,32 +95,25 @@ async fn subscribe(s: Arc<Shared>, tx: mpsc::Sender<Message>, cancel: Cancellati
                 continue;
             }
         };
-        // Checks the link while messages flow in: a half-open connection
-        // delivers nothing and ends nothing, only a PING can tell.
-        let mut keepalive = tokio::spawn(keepalive(sink));
         let end = loop {
             let msg = tokio::select! {
-                _ = cancel.cancelled() => {
-                    keepalive.abort();
-                    return;
-                }
-                end = &mut keepalive => break end.unwrap_or(SessionEnd::Closed),
-                msg = stream.next() => msg,
+                _ = cancel.cancelled() => return,
+                msg = session.next() => msg,
             };
-            let Some(msg) = msg else {
-                break SessionEnd::Closed;
+            let msg = match msg {
+                Ok(msg) => msg,
+                Err(end) => break end,
             };
-            let message = to_message(&msg);
-            match tx.try_send(message) {
+            match tx.try_send(to_message(&msg)) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => drops.add(&p.name),
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    keepalive.abort();
-                    return;
-                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
             }
         };
-        keepalive.abort();
+        drop(session);
+        // A node whose session was lost may be going away: start with the
+        // next one.
+        turn += 1;
         // Messages published until we are subscribed again are lost
         // (at-most-once).
         warn!(
@@ -146,54 +125,6 @@ async fn subscribe(s: Arc<Shared>, tx: mpsc::Sender<Message>, cancel: Cancellati
             .increment(1);
         if !outage.wait(&cancel).await {
             return;
-        }
-    }
-}
-
-/// How often the subscription connection is checked with a PING.
-const KEEPALIVE_EVERY: Duration = Duration::from_secs(5);
-
-/// How long a PING may go unanswered before the link counts as dead. Also
-/// covers a server stalled that long, which is worth a new connection too.
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Why a subscription ended.
-#[derive(Debug)]
-enum SessionEnd {
-    /// The connection closed (Redis restarted, CLIENT KILL, a reset).
-    Closed,
-    /// A PING got an error.
-    PingFailed(redis::RedisError),
-    /// A PING got no answer in time: a silent (half-open) link.
-    Unanswered,
-}
-
-impl std::fmt::Display for SessionEnd {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SessionEnd::Closed => f.write_str("connection closed"),
-            SessionEnd::PingFailed(e) => write!(f, "PING failed: {e}"),
-            SessionEnd::Unanswered => write!(
-                f,
-                "PING unanswered for {} ms",
-                KEEPALIVE_TIMEOUT.as_millis()
-            ),
-        }
-    }
-}
-
-/// PINGs on the subscription connection every [`KEEPALIVE_EVERY`] until
-/// one fails or goes unanswered, and says why.
-async fn keepalive(mut sink: redis::aio::PubSubSink) -> SessionEnd {
-    loop {
-        tokio::time::sleep(KEEPALIVE_EVERY).await;
-        match tokio::time::timeout(KEEPALIVE_TIMEOUT, sink.ping::<redis::Value>()).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) if e.is_connection_dropped() || e.is_io_error() => {
-                return SessionEnd::Closed;
-            }
-            Ok(Err(e)) => return SessionEnd::PingFailed(e),
-            Err(_) => return SessionEnd::Unanswered,
         }
     }
 }

@@ -74,7 +74,12 @@ impl Sink {
                         anyhow::bail!("a pubsub sink needs `channel` or `channel_field`")
                     }
                 };
-                Sink::Pubsub(PubsubSink::new(url, channel, payload_field)?)
+                Sink::Pubsub(PubsubSink::new(
+                    url,
+                    channel,
+                    payload_field,
+                    config.sharded.unwrap_or(false),
+                )?)
             }
             SinkType::List => Sink::List(ListSink::new(
                 url,

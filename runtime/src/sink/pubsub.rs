@@ -1,4 +1,5 @@
-//! Pub/sub sink: pipelined PUBLISH, one round trip per batch.
+//! Pub/sub sink: pipelined PUBLISH (or SPUBLISH with `sharded = true`),
+//! one round trip per batch.
 //!
 //! Pub/sub is fire-and-forget: Redis accepts a PUBLISH (and the message is
 //! acked) even when nobody is subscribed, and keeps nothing for subscribers
@@ -22,13 +23,21 @@ pub struct PubsubSink {
     conn: Conn,
     channel: Channel,
     payload_field: String,
+    /// SPUBLISH (sharded pub/sub) rather than PUBLISH.
+    sharded: bool,
     /// Names the destination in errors and logs.
     label: String,
 }
 
 impl PubsubSink {
-    /// A sink publishing the `payload_field` of each record to `channel` on `url`.
-    pub fn new(url: &str, channel: Channel, payload_field: &str) -> anyhow::Result<Self> {
+    /// A sink publishing the `payload_field` of each record to `channel` on
+    /// `url`, with SPUBLISH if `sharded`.
+    pub fn new(
+        url: &str,
+        channel: Channel,
+        payload_field: &str,
+        sharded: bool,
+    ) -> anyhow::Result<Self> {
         let label = match &channel {
             Channel::Fixed(c) => format!("channel {c}"),
             Channel::Field(f) => format!("the channel in field `{f}`"),
@@ -37,6 +46,7 @@ impl PubsubSink {
             conn: super::connect(url)?,
             channel,
             payload_field: payload_field.to_string(),
+            sharded,
             label,
         })
     }
@@ -53,7 +63,7 @@ impl PubsubSink {
         }
     }
 
-    /// The PUBLISH for `record`, or why it cannot be sent.
+    /// The PUBLISH (or SPUBLISH) for `record`, or why it cannot be sent.
     fn publish(&self, record: &Record) -> Result<redis::Cmd, SinkError> {
         let channel = self.channel(record)?;
         let payload = super::field(record, &self.payload_field).ok_or_else(|| {
@@ -62,14 +72,15 @@ impl PubsubSink {
                 self.payload_field
             ))
         })?;
-        let mut cmd = redis::cmd("PUBLISH");
+        let mut cmd = redis::cmd(if self.sharded { "SPUBLISH" } else { "PUBLISH" });
         cmd.arg(channel).arg(payload);
         Ok(cmd)
     }
 
     /// Publishes `records` with one pipelined round trip; on a cluster, one
     /// per channel slot, concurrently (the cluster client sends a pipeline
-    /// to one node, chosen by its first channel's slot).
+    /// to one node, chosen by its first channel's slot: for SPUBLISH, the
+    /// slot's owner, as it must be).
     pub async fn write(&self, records: &[&Record]) -> Vec<Result<(), SinkError>> {
         if !self.conn.is_cluster() || matches!(self.channel, Channel::Fixed(_)) {
             return self.write_one_trip(records).await;

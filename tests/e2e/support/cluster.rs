@@ -55,6 +55,15 @@ impl RedisCluster {
         format!("redis+cluster://{}", seeds.join(","))
     }
 
+    /// The ports of the nodes that have not been killed.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.port)
+            .collect()
+    }
+
     /// A synchronous cluster connection (follows MOVED like the runtime does).
     pub fn conn(&self) -> redis::cluster::ClusterConnection {
         let seeds: Vec<String> = self
@@ -100,6 +109,25 @@ impl RedisCluster {
         live.map(|n| n.port)
             .find(|&port| self.owns(port, slot))
             .unwrap_or_else(|| panic!("no live master owns slot {slot} of {key}"))
+    }
+
+    /// The port of the one live node that serves `key`'s slot as a master, None while
+    /// several claim it (a failover that not every node has heard of yet) or none does.
+    pub fn sole_master_of(&self, key: &str) -> Option<u16> {
+        let slot: u16 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut self.node_conn(self.live_port()))
+            .expect("CLUSTER KEYSLOT");
+        let owners: Vec<u16> = self
+            .ports()
+            .into_iter()
+            .filter(|&port| self.owns(port, slot))
+            .collect();
+        match owners[..] {
+            [one] => Some(one),
+            _ => None,
+        }
     }
 
     /// The port of some node that has not been killed.

@@ -100,3 +100,56 @@ pub fn publish(con: &mut impl ConnectionLike, channel: &str, payload: &str) -> u
         .query(con)
         .unwrap_or_else(|e| panic!("PUBLISH {channel}: {e}"))
 }
+
+/// How many clients are subscribed to shard channel `channel` on this node (PUBSUB
+/// SHARDNUMSUB).
+pub fn shard_subscribers(con: &mut impl ConnectionLike, channel: &str) -> usize {
+    let reply: (String, usize) = redis::cmd("PUBSUB")
+        .arg("SHARDNUMSUB")
+        .arg(channel)
+        .query(con)
+        .unwrap_or_else(|e| panic!("PUBSUB SHARDNUMSUB {channel}: {e}"));
+    reply.1
+}
+
+/// SPUBLISH `payload` to `channel` (on the node owning its slot); returns how many
+/// subscribers received it.
+pub fn spublish(con: &mut impl ConnectionLike, channel: &str, payload: &str) -> usize {
+    redis::cmd("SPUBLISH")
+        .arg(channel)
+        .arg(payload)
+        .query(con)
+        .unwrap_or_else(|e| panic!("SPUBLISH {channel}: {e}"))
+}
+
+/// A sharded subscriber on `con` (to the node owning `channels`' slots) and a thread of its
+/// own: SSUBSCRIBEd when this returns, it forwards every (channel, payload) it receives, and
+/// ends when Redis goes away. redis-rs' `PubSub` has no SSUBSCRIBE, so it speaks the
+/// commands itself.
+pub fn ssubscribe(
+    mut con: redis::Connection,
+    channels: &[&str],
+) -> std::sync::mpsc::Receiver<(String, String)> {
+    for channel in channels {
+        let cmd = redis::cmd("SSUBSCRIBE").arg(*channel).get_packed_command();
+        con.send_packed_command(&cmd).expect("send SSUBSCRIBE");
+        let confirmed: (String, String, usize) =
+            redis::from_redis_value(con.recv_response().expect("SSUBSCRIBE confirmed"))
+                .expect("an ssubscribe confirmation");
+        assert_eq!(confirmed.0, "ssubscribe", "{confirmed:?}");
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        while let Ok(reply) = con.recv_response() {
+            let Ok((kind, channel, payload)) =
+                redis::from_redis_value::<(String, String, String)>(reply)
+            else {
+                continue;
+            };
+            if kind == "smessage" && tx.send((channel, payload)).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}

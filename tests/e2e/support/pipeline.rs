@@ -148,3 +148,50 @@ stream = "jobs:out"
         ),
     )
 }
+
+/// A pub/sub → stream pipeline on the Redis at `url` (a single server or a cluster): a
+/// `pubsub` source with the `source` lines (`channels`, `sharded`, ...), no processor, every
+/// message written as it came (fields `payload` and `channel`) to stream `sink`.
+pub fn pubsub_to_stream_at(url: &str, source: &str, sink: &str) -> Pipeline {
+    Pipeline::write(
+        "capture",
+        &format!(
+            r#"[redis]
+url = "{url}"
+
+[source]
+type = "pubsub"
+{source}
+
+[[sink]]
+type = "stream"
+stream = "{sink}"
+"#,
+        ),
+    )
+}
+
+/// A stream → pub/sub pipeline on the Redis at `url` (a single server or a cluster): stream
+/// `orders` (group `g`, from the start), no processor, to a `pubsub` sink with the `sink`
+/// lines (`channel` or `channel_field`, `sharded`, ...).
+pub fn stream_to_pubsub_at(url: &str, sink: &str) -> Pipeline {
+    Pipeline::write(
+        "publish",
+        &format!(
+            r#"[redis]
+url = "{url}"
+
+[source]
+type = "stream"
+stream = "orders"
+group = "g"
+start = "0"
+block_ms = 100
+
+[[sink]]
+type = "pubsub"
+{sink}
+"#,
+        ),
+    )
+}
