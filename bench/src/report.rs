@@ -187,7 +187,7 @@ impl Results {
              and nothing is pending; messages already out at the start are not counted. \
              CPU (utime+stime from /proc) is sampled at the same two instants.\n\
              - {} rounds per case; contestants alternate within each round; figures are medians over rounds, \
-             ratios to L medians of per-round ratios. \
+             ratios to the limit (the better of L and L+ each round) medians of per-round ratios. \
              XREADGROUP BLOCK {} ms for everyone.\n\
              - Peak RSS is VmHWM of the largest contestant process (start-up included).\n",
             p.rounds, p.block_ms
