@@ -115,20 +115,8 @@ stream = "captured"
         reached.iter().all(|&n| n == 1),
         "every PUBLISH reached sluice: {reached:?}"
     );
-    sluice.wait_until(&format!("{COUNT} entries in `captured`"), |_| {
-        xlen(&mut con, "captured") >= COUNT
-    });
-    sluice.shutdown();
-
-    let captured = xrange_all(&mut con, "captured");
-    assert_eq!(captured.len(), COUNT, "each message captured once");
+    let captured = captured_in_order(&mut sluice, &mut con, COUNT, channel);
     for (i, entry) in captured.iter().enumerate() {
-        assert_eq!(
-            entry.get("payload"),
-            format!("message {i}"),
-            "entry {i}, in publish order"
-        );
-        assert_eq!(entry.get("channel"), channel(i), "entry {i}'s channel");
         if i.is_multiple_of(2) {
             assert!(
                 entry.fields.iter().all(|(name, _)| name != "pattern"),
@@ -238,20 +226,32 @@ fn a_sharded_pubsub_source_on_one_redis_captures_what_is_spublished() {
     }
     // Sharded channels are apart from plain ones: a PUBLISH reaches no sharded subscriber.
     assert_eq!(publish(&mut con, "events", "plain"), 0);
-    sluice.wait_until(&format!("{COUNT} entries in `captured`"), |_| {
-        xlen(&mut con, "captured") >= COUNT
+    captured_in_order(&mut sluice, &mut con, COUNT, |i| channel(i).to_owned());
+}
+
+/// Waits for `count` entries in stream `captured`, stops sluice, and checks that message `i`
+/// ("message i", published in that order on `channel(i)`) was captured once, in order.
+fn captured_in_order(
+    sluice: &mut Sluice,
+    con: &mut redis::Connection,
+    count: usize,
+    channel: impl Fn(usize) -> String,
+) -> Vec<Entry> {
+    sluice.wait_until(&format!("{count} entries in `captured`"), |_| {
+        xlen(con, "captured") >= count
     });
     sluice.shutdown();
-    let captured = xrange_all(&mut con, "captured");
-    assert_eq!(captured.len(), COUNT, "each message captured once");
+    let captured = xrange_all(con, "captured");
+    assert_eq!(captured.len(), count, "each message captured once");
     for (i, entry) in captured.iter().enumerate() {
         assert_eq!(
             entry.get("payload"),
             format!("message {i}"),
-            "entry {i}, in order"
+            "entry {i}, in publish order"
         );
         assert_eq!(entry.get("channel"), channel(i), "entry {i}'s channel");
     }
+    captured
 }
 
 /// [`list_to_stream`] through `faults` with `config`.
