@@ -198,7 +198,7 @@ macro_rules! export_processor {
             }
 
             fn process_encoded(batch: ::std::vec::Vec<u8>) -> ::std::vec::Vec<u8> {
-                $crate::__private::process_encoded::<$processor>(&batch)
+                $crate::__private::process_encoded::<$processor>(batch)
             }
         }
 
@@ -213,7 +213,8 @@ pub mod __private {
     use std::cell::RefCell;
 
     use crate::bindings::sluice::processor::types as wit;
-    use crate::{Config, Failure, Message, Processor, Record, wire};
+    use crate::message::Batch;
+    use crate::{Config, Failure, Message, Outcome, Processor, Record, wire};
 
     thread_local! {
         /// The instance's processor, set by a successful `init`. Wasm is
@@ -230,84 +231,54 @@ pub mod __private {
         })
     }
 
-    /// Runs the batch through the processor built by `init`: one outcome per
-    /// message, in order.
     /// The fast path: the same as [`process`] over the encoded batch
-    /// (sdk/README.md, "The encoded batch"). A batch that does not decode
-    /// yields no outcomes, which the runtime reports as a plugin failure.
-    pub fn process_encoded<P: Processor>(batch: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        if let Ok(batch) = decode_batch(batch) {
-            encode_outcomes(&process::<P>(batch), &mut out);
-        }
-        out
-    }
-
-    fn decode_batch(buf: &[u8]) -> Result<Vec<wit::Message>, wire::Malformed> {
-        let mut r = wire::Reader::new(buf);
-        // A message is at least 28 bytes: id, source, deliveries, first ms, count.
-        let n = r.count(28)?;
-        let mut batch = Vec::with_capacity(n);
-        for _ in 0..n {
-            let id = r.str()?.to_owned();
-            let source = r.str()?.to_owned();
-            let deliveries = r.u32()?;
-            let first_delivery_ms = r.u64()?;
-            let fields = (0..r.count(8)?)
-                .map(|_| {
-                    Ok(wit::Field {
-                        name: r.str()?.to_owned(),
-                        value: r.bytes()?.to_vec(),
-                    })
-                })
-                .collect::<Result<_, wire::Malformed>>()?;
-            batch.push(wit::Message {
-                id,
-                source,
-                fields,
-                deliveries,
-                first_delivery_ms,
-            });
-        }
-        Ok(batch)
-    }
-
-    fn encode_outcomes(outcomes: &[wit::Outcome], out: &mut Vec<u8>) {
-        let mut w = wire::Writer(out);
-        for outcome in outcomes {
+    /// (sdk/README.md, "The encoded batch"). Messages and the records made
+    /// from them point into `batch` instead of copying it, and outcomes are
+    /// written straight into the one buffer returned. A batch that does not
+    /// decode yields no outcomes, which the runtime reports as a plugin failure.
+    pub fn process_encoded<P: Processor>(batch: Vec<u8>) -> Vec<u8> {
+        // The outcomes are about the size of the batch for a map.
+        let mut out = Vec::with_capacity(batch.len() + batch.len() / 8 + 64);
+        let Ok(batch) = Batch::decode(batch) else {
+            return out;
+        };
+        let mut w = wire::Writer(&mut out);
+        for outcome in run::<P>(batch) {
             match outcome {
                 Ok(records) => {
                     w.u8(wire::OK);
                     w.len(records.len());
-                    for record in records {
-                        w.len(record.fields.len());
-                        for field in &record.fields {
-                            w.bytes(field.name.as_bytes());
-                            w.bytes(&field.value);
-                        }
-                        match &record.to {
-                            Some(to) => {
-                                w.u8(1);
-                                w.bytes(to.as_bytes());
-                            }
-                            None => w.u8(0),
-                        }
+                    for record in &records {
+                        record.encode(&mut w);
                     }
                 }
                 Err(failure) => {
                     w.u8(wire::FAILED);
-                    w.u8(match failure.kind {
+                    w.u8(match failure.kind() {
                         wit::FailureKind::Retry => 0,
                         wit::FailureKind::DeadLetter => 1,
                         wit::FailureKind::Drop => 2,
                     });
-                    w.bytes(failure.reason.as_bytes());
+                    w.bytes(failure.reason().as_bytes());
                 }
             }
         }
+        out
     }
 
+    /// Runs the batch through the processor built by `init`: one outcome per
+    /// message, in order.
     pub fn process<P: Processor>(batch: Vec<wit::Message>) -> Vec<wit::Outcome> {
+        run::<P>(batch.into_iter().map(Message::from).collect())
+            .into_iter()
+            .map(|outcome| match outcome {
+                Ok(records) => Ok(records.into_iter().map(Record::into_output).collect()),
+                Err(failure) => Err(failure.into_wit()),
+            })
+            .collect()
+    }
+
+    fn run<P: Processor>(batch: Vec<Message>) -> Vec<Outcome> {
         let len = batch.len();
         PROCESSOR.with_borrow_mut(|slot| {
             let Some(processor) = slot.as_mut().and_then(|p| p.downcast_mut::<P>()) else {
@@ -316,7 +287,7 @@ pub mod __private {
                     "processor is not initialized: init was not called or failed",
                 );
             };
-            let outcomes = processor.process_batch(batch.into_iter().map(Message::from).collect());
+            let outcomes = processor.process_batch(batch);
             if outcomes.len() != len {
                 let reason = format!(
                     "process_batch returned {} outcomes for {len} messages",
@@ -325,19 +296,11 @@ pub mod __private {
                 return fail_all(len, &reason);
             }
             outcomes
-                .into_iter()
-                .map(|outcome| match outcome {
-                    Ok(records) => Ok(records.into_iter().map(Record::into_output).collect()),
-                    Err(failure) => Err(failure.into_wit()),
-                })
-                .collect()
         })
     }
 
-    fn fail_all(len: usize, reason: &str) -> Vec<wit::Outcome> {
-        (0..len)
-            .map(|_| Err(Failure::retry(reason).into_wit()))
-            .collect()
+    fn fail_all(len: usize, reason: &str) -> Vec<Outcome> {
+        (0..len).map(|_| Err(Failure::retry(reason))).collect()
     }
 }
 
@@ -460,7 +423,7 @@ mod tests {
             w.bytes(b"body");
             w.bytes(body.as_bytes());
         }
-        let out = super::__private::process_encoded::<Echo>(&buf);
+        let out = super::__private::process_encoded::<Echo>(buf);
         let mut r = wire::Reader::new(&out);
         // "twice": two records of body + tag, the second to "other".
         assert_eq!(r.u8(), Ok(wire::OK));
@@ -483,7 +446,7 @@ mod tests {
 
         // A batch that does not decode: no outcomes, which the runtime
         // reports as a plugin failure.
-        assert!(super::__private::process_encoded::<Echo>(&[9, 0, 0, 0]).is_empty());
+        assert!(super::__private::process_encoded::<Echo>(vec![9, 0, 0, 0]).is_empty());
     }
 
     #[test]

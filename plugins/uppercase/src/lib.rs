@@ -19,9 +19,13 @@ impl Processor for Uppercase {
             .ok_or_else(|| Failure::dead_letter(format!("missing field `{}`", self.field)))?;
         // ASCII (the common case) byte by byte; other UTF-8 by Unicode rules
         // (`ß` becomes `SS`); bytes that are not UTF-8 only in their ASCII part.
-        let upper = match std::str::from_utf8(value) {
-            Ok(text) if !text.is_ascii() => text.to_uppercase().into_bytes(),
-            _ => value.to_ascii_uppercase(),
+        let upper = if value.is_ascii() {
+            value.to_ascii_uppercase()
+        } else {
+            match std::str::from_utf8(value) {
+                Ok(text) => text.to_uppercase().into_bytes(),
+                Err(_) => value.to_ascii_uppercase(),
+            }
         };
         Ok(vec![msg.into_record().set(&self.field, upper)])
     }

@@ -1077,7 +1077,7 @@ mod tests {
         let mut buf = Vec::new();
         encode_batch(&batch, &mut buf);
         sluice_sdk::__private::init::<Upper>(Vec::new()).unwrap();
-        let outcomes = decode_outcomes(&sluice_sdk::__private::process_encoded::<Upper>(&buf))
+        let outcomes = decode_outcomes(&sluice_sdk::__private::process_encoded::<Upper>(buf))
             .expect("well formed");
         assert_eq!(outcomes.len(), 4);
         let first = outcomes[0].as_ref().unwrap();
