@@ -29,7 +29,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long opening a socket to one node may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A Redis to connect to: one server, or a cluster known by its seeds.
 #[derive(Clone)]

@@ -58,6 +58,7 @@ pub mod plugin_diff;
 pub mod plugin_test;
 pub mod progress;
 pub mod readiness;
+pub(crate) mod resp;
 pub mod scaffold;
 pub mod sink;
 pub mod source;

@@ -194,3 +194,53 @@ fn a_refused_sink_write_is_not_acked() {
         "a sink refusal is not dead-lettered"
     );
 }
+
+/// Every connection of a stream pipeline authenticates and selects the database its URL
+/// names, the source's read connection included: a user with a password, database 3. An
+/// unauthenticated read would fail NOAUTH and nothing would land; one in database 0 would
+/// find no stream.
+#[test]
+fn a_url_with_user_password_and_database_is_honoured_by_every_connection() {
+    const COUNT: usize = 2000;
+    let redis = RedisServer::new();
+    let mut admin = redis.conn();
+    redis::cmd("ACL")
+        .arg(&["SETUSER", "app", "on", ">s3cret", "~*", "+@all"])
+        .query::<()>(&mut admin)
+        .expect("ACL SETUSER");
+    // From here a connection without a password is refused.
+    redis::cmd("CONFIG")
+        .arg(&["SET", "requirepass", "admin-only"])
+        .query::<()>(&mut admin)
+        .expect("CONFIG SET requirepass");
+    let url = format!("redis://app:s3cret@127.0.0.1:{}/3", redis.port());
+    let mut con = redis::Client::open(url.as_str())
+        .and_then(|c| c.get_connection())
+        .expect("connect as app to database 3");
+    xadd_many(&mut con, IN, COUNT, |i| vec![("i", i.to_string())]);
+    let toml = crate::support::pipeline::stream_to_stream_toml(
+        &redis,
+        "uppercase",
+        "",
+        "",
+        "field = \"i\"",
+        "",
+    )
+    .replace(&redis.url(), &url);
+    let pipeline = Pipeline::write("e2e", &toml);
+
+    let mut sluice = Sluice::run(pipeline.path());
+    wait_settled(&mut con, &mut sluice, COUNT, 0);
+    sluice.shutdown();
+
+    let got: Vec<String> = xrange_all(&mut con, OUT)
+        .iter()
+        .map(|e| e.get("i").to_owned())
+        .collect();
+    let want: Vec<String> = (0..COUNT).map(|i| i.to_string()).collect();
+    assert_eq!(got, want, "every entry once, in order, in database 3");
+    let in_db0: usize = redis::cmd("DBSIZE")
+        .query(&mut admin)
+        .expect("DBSIZE of database 0");
+    assert_eq!(in_db0, 0, "nothing written to database 0");
+}

@@ -317,6 +317,7 @@ async fn read_ahead(
     cancel: CancellationToken,
 ) {
     let p = &s.pipeline;
+    let read_timeout = Duration::from_millis(p.source.block_ms) + conn::COMMAND_TIMEOUT;
     let mut reader = StreamReader::new(
         conn.clone(),
         p.stream(),
@@ -324,7 +325,8 @@ async fn read_ahead(
         &consumer,
         p.source.batch,
         p.source.block_ms,
-    );
+    )
+    .with_session(crate::resp::Session::new(&s.client, read_timeout));
     let mut history = Some(history);
     let mut outage = Outage::of(&p.name, &s.redis);
     while !cancel.is_cancelled() {

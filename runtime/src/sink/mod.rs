@@ -201,6 +201,17 @@ async fn round_trip(
             Err(e) => return vec![Err(SinkError::from_redis(key, &e)); unsent.len()],
         }
     };
+    merge(key, unsent, replies, reply)
+}
+
+/// Per record: why it was not sent (`unsent`), or its reply (in order,
+/// one per record sent) as `reply` judges it.
+fn merge<T>(
+    key: &str,
+    unsent: Vec<Option<SinkError>>,
+    replies: Vec<redis::RedisResult<T>>,
+    reply: impl Fn(redis::RedisResult<T>) -> Result<(), SinkError>,
+) -> Vec<Result<(), SinkError>> {
     let mut replies = replies.into_iter();
     unsent
         .into_iter()

@@ -10,9 +10,10 @@
 //! dead-lettered with why. Validation keeps one writer per such sink, so
 //! only a retry or reclaimed work arrives out of order.
 
-use super::{SinkError, round_trip};
+use super::{SinkError, merge, round_trip};
 use crate::conn::Conn;
 use crate::message::{Field, Record};
+use crate::resp;
 
 /// KEYS[1]: the stream. ARGV: id, maxlen ("" for none), then the fields.
 /// Returns the id written, or `PRESENT` when the stream already holds it;
@@ -43,6 +44,9 @@ return added
 /// Writes records to one stream.
 pub struct StreamSink {
     conn: Conn,
+    /// Plain XADDs on connections of their own, replies read directly;
+    /// `None` sends them on `conn` (a cluster, TLS, `id_field`'s script).
+    fast: Option<resp::Pool>,
     stream: String,
     maxlen: Option<u64>,
     id_field: Option<String>,
@@ -59,8 +63,14 @@ impl StreamSink {
         maxlen: Option<u64>,
         id_field: Option<&str>,
     ) -> anyhow::Result<Self> {
+        let client = crate::conn::client(url)?;
+        let fast = match id_field {
+            None => resp::Pool::new(&client, crate::conn::COMMAND_TIMEOUT),
+            Some(_) => None,
+        };
         Ok(StreamSink {
-            conn: super::connect(url)?,
+            conn: crate::conn::manager(&client, crate::conn::COMMAND_TIMEOUT)?,
+            fast,
             stream: stream.to_string(),
             maxlen,
             id_field: id_field.map(str::to_string),
@@ -160,8 +170,7 @@ impl StreamSink {
 
     /// Writes `records` to `stream` in one pipelined round trip.
     async fn write_to(&self, stream: &str, records: &[&Record]) -> Vec<Result<(), SinkError>> {
-        let commands = records.iter().map(|r| self.xadd(stream, r)).collect();
-        round_trip(&self.conn, stream, commands, |answer| match answer {
+        let judge = |answer: redis::RedisResult<()>| match answer {
             Ok(_) => Ok(()),
             Err(e) if crate::conn::has_code(&e, "NOTWRITTEN") => Err(SinkError {
                 dead_letter: true,
@@ -171,8 +180,33 @@ impl StreamSink {
                 ))
             }),
             Err(e) => Err(SinkError::from_redis(stream, &e)),
-        })
-        .await
+        };
+        let Some(pool) = &self.fast else {
+            let commands = records.iter().map(|r| self.xadd(stream, r)).collect();
+            return round_trip(&self.conn, stream, commands, |a| judge(a.map(drop))).await;
+        };
+        let mut unsent = Vec::with_capacity(records.len());
+        let mut entries = Vec::with_capacity(records.len());
+        for record in records {
+            match entry(record, None) {
+                Ok((_, fields)) => {
+                    entries.push(fields);
+                    unsent.push(None);
+                }
+                Err(why) => unsent.push(Some(why)),
+            }
+        }
+        let mut replies = Vec::new();
+        if !entries.is_empty() {
+            let mut session = pool.take();
+            let written = session.xadd_all(stream, self.maxlen, &entries).await;
+            pool.give_back(session);
+            match written {
+                Ok(written) => replies = written,
+                Err(e) => return vec![Err(SinkError::from_redis(stream, &e)); records.len()],
+            }
+        }
+        merge(stream, unsent, replies, judge)
     }
 }
 

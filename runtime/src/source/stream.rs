@@ -10,6 +10,7 @@
 
 use crate::conn::Conn;
 use crate::message::{Message, stream_id_ms};
+use crate::resp;
 use redis::{RedisResult, Value};
 use std::sync::Arc;
 
@@ -26,9 +27,28 @@ pub struct Batch {
     last_id: Option<String>,
 }
 
+impl Batch {
+    fn push(&mut self, entry: Entry) {
+        match entry {
+            Entry::Message(m) => {
+                self.last_id = Some(m.id.clone());
+                self.messages.push(m);
+            }
+            Entry::Deleted(id) => {
+                self.last_id = Some(id.clone());
+                self.deleted.push(id);
+            }
+            Entry::Invalid => {}
+        }
+    }
+}
+
 /// One consumer's reader.
 pub struct StreamReader {
     conn: Conn,
+    /// The XACK + XREADGROUP round trip on its own connection, parsed
+    /// directly; `None` sends it on `conn` (a cluster, TLS).
+    fast: Option<resp::Session>,
     stream: Arc<str>,
     group: String,
     consumer: String,
@@ -52,6 +72,7 @@ impl StreamReader {
     ) -> Self {
         StreamReader {
             conn,
+            fast: None,
             stream: stream.into(),
             group: group.into(),
             consumer: consumer.into(),
@@ -59,6 +80,12 @@ impl StreamReader {
             block_ms,
             history: Some("0".into()),
         }
+    }
+
+    /// Reads and acks on `session` instead of the reader's connection.
+    pub fn with_session(mut self, session: Option<resp::Session>) -> Self {
+        self.fast = session;
+        self
     }
 
     /// The consumer's name in the group.
@@ -73,28 +100,50 @@ impl StreamReader {
     /// trip, ahead of the read. On an error they may or may not have been
     /// acked; XACK is idempotent, so the caller sends them again.
     pub async fn read(&mut self, acks: &[String]) -> RedisResult<Batch> {
-        let mut pipe = redis::pipe();
-        if !acks.is_empty() {
-            pipe.cmd("XACK")
-                .arg(&*self.stream)
-                .arg(&self.group)
-                .arg(acks)
-                .ignore();
-        }
-        let cmd = pipe.cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(&self.group)
-            .arg(&self.consumer)
-            .arg("COUNT")
-            .arg(self.count);
-        if self.history.is_none() {
-            cmd.arg("BLOCK").arg(self.block_ms);
-        }
-        cmd.arg("STREAMS")
-            .arg(&*self.stream)
-            .arg(self.history.as_deref().unwrap_or(">"));
-        let (reply,): (Value,) = pipe.query_async(&mut self.conn).await?;
-        let mut batch = parse_read(reply, &self.stream);
+        let id = self.history.as_deref().unwrap_or(">");
+        let block = self.history.is_none().then_some(self.block_ms);
+        let mut batch = match &mut self.fast {
+            Some(session) => {
+                let entries = session
+                    .ack_and_read(
+                        &self.stream,
+                        &self.group,
+                        &self.consumer,
+                        self.count,
+                        block,
+                        id,
+                        acks,
+                    )
+                    .await?;
+                let mut batch = Batch::default();
+                for entry in entries {
+                    batch.push(entry);
+                }
+                batch
+            }
+            None => {
+                let mut pipe = redis::pipe();
+                if !acks.is_empty() {
+                    pipe.cmd("XACK")
+                        .arg(&*self.stream)
+                        .arg(&self.group)
+                        .arg(acks)
+                        .ignore();
+                }
+                let cmd = pipe.cmd("XREADGROUP");
+                cmd.arg("GROUP")
+                    .arg(&self.group)
+                    .arg(&self.consumer)
+                    .arg("COUNT")
+                    .arg(self.count);
+                if let Some(block) = block {
+                    cmd.arg("BLOCK").arg(block);
+                }
+                cmd.arg("STREAMS").arg(&*self.stream).arg(id);
+                let (reply,): (Value,) = pipe.query_async(&mut self.conn).await?;
+                parse_read(reply, &self.stream)
+            }
+        };
         if self.history.is_some() {
             let last = batch.last_id.take();
             if batch.messages.is_empty() && batch.deleted.is_empty() {
@@ -170,17 +219,7 @@ fn parse_read(reply: Value, stream: &Arc<str>) -> Batch {
             continue;
         };
         for entry in entries {
-            match parse_entry(entry, stream) {
-                Entry::Message(m) => {
-                    batch.last_id = Some(m.id.clone());
-                    batch.messages.push(m);
-                }
-                Entry::Deleted(id) => {
-                    batch.last_id = Some(id.clone());
-                    batch.deleted.push(id);
-                }
-                Entry::Invalid => {}
-            }
+            batch.push(parse_entry(entry, stream));
         }
     }
     batch
@@ -201,7 +240,8 @@ pub fn parse_range(reply: Value, stream: &str) -> Vec<Message> {
         .collect()
 }
 
-enum Entry {
+/// One entry of a read reply.
+pub(crate) enum Entry {
     Message(Message),
     Deleted(String),
     Invalid,
