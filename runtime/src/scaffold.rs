@@ -144,6 +144,10 @@ pub fn create(name: &str, lang: Lang, dir: &Path, sdk: Option<&Path>) -> Result<
                 "src/lib.rs",
                 include_str!("../templates/rust/src/lib.rs").to_string(),
             ));
+            files.push((
+                ".cargo/config.toml",
+                include_str!("../templates/rust/.cargo/config.toml").to_string(),
+            ));
             (
                 "cargo build --release --target wasm32-wasip2".to_string(),
                 format!("target/wasm32-wasip2/release/{snake}.wasm"),
