@@ -426,8 +426,12 @@ async fn expect(io: &mut Io, line: &mut Vec<u8>, kind: u8) -> Result<i64, Fail> 
 async fn read_bulk(io: &mut Io, line: &mut Vec<u8>) -> Result<Vec<u8>, Fail> {
     let len =
         usize::try_from(expect(io, line, b'$').await?).map_err(|_| protocol("a nil string"))?;
-    let mut bytes = vec![0; len];
-    io.read_exact(&mut bytes).await?;
+    // Read into spare capacity: zeroing it first costs as much as the copy.
+    let mut bytes = Vec::with_capacity(len);
+    (&mut *io).take(len as u64).read_to_end(&mut bytes).await?;
+    if bytes.len() != len {
+        return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+    }
     crlf(io).await?;
     Ok(bytes)
 }
