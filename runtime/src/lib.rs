@@ -17,6 +17,7 @@
 //! logging     `--log-format text|json`, RUST_LOG
 //! message     the message model shared by all of the above
 //! conn        Redis connections with timeouts that fit their use
+//! resp        the hot paths (a stream source's reads, a stream sink's XADDs) on plain RESP connections
 //! embedded    `--redis embedded`: a private redis-server
 //! dlq         `sluice dlq`: list, replay and purge dead letters
 //! http        `--http`: /metrics, /health, /ready and a dashboard
