@@ -26,6 +26,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Duplex for T {}
 
 type Io = BufReader<Box<dyn Duplex>>;
 
+/// The most items reserved ahead on a count read from the wire.
+const RESERVE_MAX: usize = 4096;
+
 /// A lazily (re)connected session. Any failure other than an error reply
 /// drops the connection, and the next call opens a new one: a reply cut
 /// short leaves nothing to resynchronise.
@@ -349,7 +352,8 @@ async fn read_entries(
         }
         skip_bulk(io, line).await?;
         let n = expect(io, line, b'*').await?.max(0) as usize;
-        entries.reserve(n);
+        // Counts come off the wire: reserve no more than a batch could hold.
+        entries.reserve(n.min(RESERVE_MAX));
         for _ in 0..n {
             if expect(io, line, b'*').await? != 2 {
                 return Err(protocol("an entry is not [id, fields]"));
@@ -362,7 +366,7 @@ async fn read_entries(
                 entries.push(Entry::Deleted(id));
                 continue;
             }
-            let mut fields = Vec::with_capacity(flat as usize / 2);
+            let mut fields = Vec::with_capacity((flat as usize / 2).min(RESERVE_MAX));
             for _ in 0..flat / 2 {
                 let name = read_bulk(io, line).await?;
                 fields.push((name, read_bulk(io, line).await?));
@@ -427,7 +431,8 @@ async fn read_bulk(io: &mut Io, line: &mut Vec<u8>) -> Result<Vec<u8>, Fail> {
     let len =
         usize::try_from(expect(io, line, b'$').await?).map_err(|_| protocol("a nil string"))?;
     // Read into spare capacity: zeroing it first costs as much as the copy.
-    let mut bytes = Vec::with_capacity(len);
+    // A length off the wire reserves at most 1 MiB ahead; more grows as read.
+    let mut bytes = Vec::with_capacity(len.min(1 << 20));
     (&mut *io).take(len as u64).read_to_end(&mut bytes).await?;
     if bytes.len() != len {
         return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
@@ -478,4 +483,127 @@ fn bulk(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(bytes);
     out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conn::{has_code, is_outage};
+    use crate::embedded::EmbeddedRedis;
+
+    fn ids(entries: &[Entry]) -> Vec<(&str, bool)> {
+        entries
+            .iter()
+            .map(|e| match e {
+                Entry::Message(m) => (m.id.as_str(), true),
+                Entry::Deleted(id) => (id.as_str(), false),
+                Entry::Invalid => ("invalid", false),
+            })
+            .collect()
+    }
+
+    /// Against a real redis-server: the replies a consumer meets (entries,
+    /// deleted entries in a history read, nil from BLOCK, error replies) and
+    /// a killed connection, which fails one exchange and not the next.
+    #[tokio::test]
+    async fn reads_acks_writes_and_recovers() {
+        let redis = EmbeddedRedis::start().await.expect("redis-server");
+        let client = crate::conn::client(redis.url()).expect("a URL");
+        let mut admin = redis::Client::open(redis.url())
+            .and_then(|c| c.get_connection())
+            .expect("connect");
+        let mut session = Session::new(&client, Duration::from_secs(5)).expect("TCP");
+        let stream: Arc<str> = "in".into();
+        let read = async |session: &mut Session, block, id, acks: &[String]| {
+            session
+                .ack_and_read(&stream, "g", "c", 10, block, id, acks)
+                .await
+        };
+
+        let e = read(&mut session, None, ">", &[]).await.unwrap_err();
+        assert!(has_code(&e, "NOGROUP"), "{e}");
+
+        let fields: Vec<Vec<Field>> = vec![
+            vec![(b"payload".to_vec(), b"a".to_vec())],
+            vec![
+                (b"k".to_vec(), vec![0, 13, 10, 255]),
+                (b"e".to_vec(), vec![]),
+            ],
+            vec![(b"payload".to_vec(), b"c".to_vec())],
+        ];
+        let entries: Vec<_> = fields.iter().map(|f| f.iter()).collect();
+        let written = session.xadd_all("in", None, &entries).await.expect("XADD");
+        assert!(written.iter().all(Result::is_ok), "{written:?}");
+        let _: () = redis::cmd("XGROUP")
+            .arg(&["CREATE", "in", "g", "0"])
+            .query(&mut admin)
+            .expect("XGROUP CREATE");
+
+        // The error reply above left the connection in step: this is its
+        // second exchange.
+        let got = read(&mut session, Some(100), ">", &[]).await.expect("read");
+        let messages: Vec<&Vec<Field>> = got
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Message(m) => Some(&m.fields),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(messages, fields.iter().collect::<Vec<_>>());
+        let all: Vec<String> = ids(&got).iter().map(|(id, _)| id.to_string()).collect();
+
+        // A history read names an entry deleted while pending, with no fields.
+        let _: usize = redis::cmd("XDEL")
+            .arg("in")
+            .arg(&all[1])
+            .query(&mut admin)
+            .unwrap();
+        let got = read(&mut session, None, "0", &[]).await.expect("history");
+        assert_eq!(
+            ids(&got),
+            [
+                (all[0].as_str(), true),
+                (all[1].as_str(), false),
+                (all[2].as_str(), true)
+            ]
+        );
+
+        // Acks ride with the read, ahead of it: nothing is pending after.
+        let got = read(&mut session, None, "0", &all).await.expect("ack");
+        assert!(got.is_empty(), "{:?}", ids(&got));
+        // BLOCK running out on an empty stream is nil: no entries.
+        let got = read(&mut session, Some(20), ">", &[]).await.expect("block");
+        assert!(got.is_empty());
+
+        // Writing to a key of another type: an error reply per entry, and
+        // the connection still in step.
+        let _: () = redis::cmd("SET")
+            .arg(&["text", "x"])
+            .query(&mut admin)
+            .unwrap();
+        let refused = session
+            .xadd_all("text", Some(10), &entries)
+            .await
+            .expect("replies");
+        assert!(
+            refused
+                .iter()
+                .all(|r| matches!(r, Err(e) if has_code(e, "WRONGTYPE")))
+        );
+
+        // A killed connection fails the exchange under way as an outage; the
+        // next one connects again.
+        let _: usize = redis::cmd("CLIENT")
+            .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"])
+            .query(&mut admin)
+            .unwrap();
+        let e = read(&mut session, Some(20), ">", &[]).await.unwrap_err();
+        assert!(is_outage(&e), "{e}");
+        let written = session
+            .xadd_all("in", Some(10), &entries)
+            .await
+            .expect("again");
+        assert!(written.iter().all(Result::is_ok), "{written:?}");
+        redis.stop().await;
+    }
 }

@@ -241,6 +241,7 @@ pub fn parse_range(reply: Value, stream: &str) -> Vec<Message> {
 }
 
 /// One entry of a read reply.
+#[derive(Debug)]
 pub(crate) enum Entry {
     Message(Message),
     Deleted(String),
