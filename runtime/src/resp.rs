@@ -62,13 +62,7 @@ impl Pool {
     /// An idle session, or a new one (it connects on first use).
     pub fn take(&self) -> Session {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        idle.unwrap_or_else(|| Session {
-            info: self.template.info.clone(),
-            timeout: self.template.timeout,
-            io: None,
-            out: Vec::with_capacity(4096),
-            line: Vec::with_capacity(64),
-        })
+        idle.unwrap_or_else(|| Session::to(self.template.info.clone(), self.template.timeout))
     }
 
     /// Gives a session back for the next write.
@@ -115,13 +109,17 @@ impl Session {
             ConnectionAddr::Tcp(..) | ConnectionAddr::Unix(_) => {}
             _ => return None,
         }
-        Some(Session {
+        Some(Session::to(info, timeout))
+    }
+
+    fn to(info: ConnectionInfo, timeout: Duration) -> Self {
+        Session {
             info,
             timeout,
             io: None,
             out: Vec::with_capacity(4096),
             line: Vec::with_capacity(64),
-        })
+        }
     }
 
     /// `XACK stream group acks...` when there are acks, then `XREADGROUP
