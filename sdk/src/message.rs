@@ -6,6 +6,11 @@ use crate::bindings::sluice::processor::types as wit;
 use crate::wire;
 
 /// A message read from the pipeline's source.
+///
+/// Messages of a batch share the buffer it arrived in, and so do the
+/// records made from them: a processor that keeps a message or record past
+/// its batch keeps that whole buffer alive. Keep the values you need
+/// (`msg.get(name).map(<[u8]>::to_vec)`) instead.
 #[derive(Debug, Clone)]
 pub struct Message(Repr);
 
