@@ -18,8 +18,8 @@ use redis::{ConnectionAddr, ConnectionInfo, RedisError, RedisResult};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 use crate::conn::{self, Client};
-use crate::message::{Field, Message, stream_id_ms};
-use crate::source::stream::Entry;
+use crate::message::Field;
+use crate::source::stream::{Entry, entry};
 
 trait Duplex: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Duplex for T {}
@@ -357,29 +357,23 @@ async fn read_entries(
                 return Err(protocol("an entry is not [id, fields]"));
             }
             let id = read_bulk(io, line).await?;
-            let id = String::from_utf8(id)
-                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
             let flat = expect(io, line, b'*').await?;
-            if flat < 0 {
-                entries.push(Entry::Deleted(id));
-                continue;
-            }
-            let mut fields = Vec::with_capacity((flat as usize / 2).min(RESERVE_MAX));
-            for _ in 0..flat / 2 {
-                let name = read_bulk(io, line).await?;
-                fields.push((name, read_bulk(io, line).await?));
-            }
-            if flat % 2 == 1 {
-                skip_bulk(io, line).await?;
-            }
-            let first_delivery_ms = stream_id_ms(&id);
-            entries.push(Entry::Message(Message {
-                id,
-                source: stream.clone(),
-                fields,
-                deliveries: 1,
-                first_delivery_ms,
-            }));
+            let fields = match flat {
+                // nil: deleted or trimmed while pending.
+                ..0 => None,
+                _ => {
+                    let mut fields = Vec::with_capacity((flat as usize / 2).min(RESERVE_MAX));
+                    for _ in 0..flat / 2 {
+                        let name = read_bulk(io, line).await?;
+                        fields.push((name, read_bulk(io, line).await?));
+                    }
+                    if flat % 2 == 1 {
+                        skip_bulk(io, line).await?;
+                    }
+                    Some(fields)
+                }
+            };
+            entries.push(entry(id, fields, stream));
         }
     }
     Ok(entries)

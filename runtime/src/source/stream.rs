@@ -9,7 +9,7 @@
 //! once, instead of re-reading work that is still in flight.
 
 use crate::conn::Conn;
-use crate::message::{Message, stream_id_ms};
+use crate::message::{Field, Message, stream_id_ms};
 use crate::resp;
 use redis::{RedisResult, Value};
 use std::sync::Arc;
@@ -249,28 +249,41 @@ pub(crate) enum Entry {
 }
 
 /// One `[id, [field, value, ...]]` entry; `[id, nil]` is a deleted entry.
-fn parse_entry(entry: Value, stream: &Arc<str>) -> Entry {
-    let Value::Array(mut parts) = entry else {
+fn parse_entry(reply: Value, stream: &Arc<str>) -> Entry {
+    let Value::Array(mut parts) = reply else {
         return Entry::Invalid;
     };
     if parts.len() != 2 {
         return Entry::Invalid;
     }
     let body = parts.pop().expect("len 2");
-    let Some(id) = text(parts.pop().expect("len 2")) else {
+    let Some(id) = bytes(parts.pop().expect("len 2")) else {
         return Entry::Invalid;
     };
-    let Value::Array(flat) = body else {
+    let fields = match body {
+        Value::Array(flat) => {
+            let mut fields = Vec::with_capacity(flat.len() / 2);
+            let mut it = flat.into_iter();
+            while let (Some(name), Some(value)) = (it.next(), it.next()) {
+                if let (Some(name), Some(value)) = (bytes(name), bytes(value)) {
+                    fields.push((name, value));
+                }
+            }
+            Some(fields)
+        }
+        _ => None,
+    };
+    entry(id, fields, stream)
+}
+
+/// The entry `id` of `stream` as read, whichever connection read it: a
+/// message, or with no `fields` one deleted or trimmed while pending.
+pub(crate) fn entry(id: Vec<u8>, fields: Option<Vec<Field>>, stream: &Arc<str>) -> Entry {
+    let id = String::from_utf8(id)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+    let Some(fields) = fields else {
         return Entry::Deleted(id);
     };
-    let mut fields = Vec::with_capacity(flat.len() / 2);
-    let mut it = flat.into_iter();
-    while let (Some(name), Some(value)) = (it.next(), it.next()) {
-        let (Some(name), Some(value)) = (bytes(name), bytes(value)) else {
-            continue;
-        };
-        fields.push((name, value));
-    }
     let first_delivery_ms = stream_id_ms(&id);
     Entry::Message(Message {
         id,
@@ -281,18 +294,21 @@ fn parse_entry(entry: Value, stream: &Arc<str>) -> Entry {
     })
 }
 
+fn text(v: Value) -> Option<String> {
+    bytes(v).map(utf8_lossy)
+}
+
+/// Ids are ASCII; anything else is shown, not refused.
+fn utf8_lossy(b: Vec<u8>) -> String {
+    String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
 fn bytes(v: Value) -> Option<Vec<u8>> {
     match v {
         Value::BulkString(b) => Some(b),
         Value::SimpleString(s) => Some(s.into_bytes()),
         _ => None,
     }
-}
-
-fn text(v: Value) -> Option<String> {
-    bytes(v).map(|b| {
-        String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-    })
 }
 
 /// Creates `group` on `stream` (and the stream, if missing) starting at
