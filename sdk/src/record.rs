@@ -162,10 +162,12 @@ impl Record {
 
     /// Appends the record as `process-encoded` returns it.
     pub(crate) fn encode(&self, w: &mut wire::Writer<'_>) {
+        let batch = self.batch.as_deref();
         w.len(self.fields.len());
-        for (name, value) in self.fields() {
-            w.bytes(name.as_bytes());
-            w.bytes(value);
+        // As bytes: names from the batch were checked when it was decoded.
+        for (name, value) in &self.fields {
+            w.bytes(name_bytes(batch, name));
+            w.bytes(value_of(batch, value));
         }
         match &self.to {
             Some(to) => {
